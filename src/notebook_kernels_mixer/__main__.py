@@ -1,0 +1,3 @@
+from notebook_kernels_mixer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""The ``mixer`` command: flags (compatible with the Go original) → MixerConfig → run.
+
+``mixer [flags]`` runs the mixer; ``mixer lab`` starts the whole topology;
+``mixer status`` prints the status of a running mixer. Flags may be spelt with one
+dash, as Go's flag package allows (``-port=9991``), so old command lines keep working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+
+from notebook_kernels_mixer import __version__
+from notebook_kernels_mixer.config import (
+    BackendConfig,
+    ConfigError,
+    LogConfig,
+    MixerConfig,
+    parse_duration,
+)
+
+log = logging.getLogger("notebook_kernels_mixer")
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs: object) -> None:
+    names = [f"--{name}", f"-{name}"]
+    for alias in aliases:
+        names += [f"--{alias}", f"-{alias}"]
+    parser.add_argument(*names, **kwargs)  # type: ignore[arg-type]
+
+
+def mixer_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mixer",
+        description=(
+            "Notebook Kernels Mixer: one Jupyter kernel API that merges the kernelspecs, "
+            "kernels and sessions of a local Jupyter server with those of remote "
+            "Jupyter-API servers. Point JupyterLab's GatewayClient.url at it. "
+            "Subcommands: 'mixer lab' starts the whole topology, 'mixer status' shows a "
+            "running mixer's backends."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _flag(parser, "port", type=int, default=8081,
+          help="port to listen on; loopback addresses only ([::1] and 127.0.0.1)")
+    _flag(parser, "mixer-project", default=None,
+          help="Google Cloud project of the remote backend")
+    _flag(parser, "mixer-region", default=None,
+          help="Google Cloud region of the remote backend")
+    _flag(parser, "mixer-host", default="kernels.googleusercontent.com",
+          help="parent host: the remote is https://{project}-dot-{region}.{host}")
+    _flag(parser, "remote-url", default=None,
+          help="full URL of the remote backend (http or https); overrides project/region/host")
+    _flag(parser, "jupyter-port", type=int, default=8082,
+          help="port of the local Jupyter server on localhost")
+    _flag(parser, "jupyter-token", default=None,
+          help="token of the local Jupyter server; clients must present it to the mixer too "
+               "(header 'token', 'Authorization: token …' or ?token=)")
+    _flag(parser, "external-hostname", default=None,
+          help="host users actually connect to; a websocket Origin with that host is "
+               "dropped before forwarding to a backend")
+    _flag(parser, "gce-metadata-override-ip", default=None,
+          help="metadata server address used when fetching Google credentials")
+    _flag(parser, "context_request_timeout", "context-request-timeout", default="10s",
+          help="limit for one proxied non-websocket request (Go duration: 10s, 1m, 500ms)")
+    _flag(parser, "log-all-request-headers", action="store_true",
+          help="log every request's headers (tokens and cookies redacted)")
+    _flag(parser, "log-all-request-responses", action="store_true",
+          help="log every request with its status, backend and duration")
+    _flag(parser, "log-all-response-bodies", action="store_true",
+          help="log the body of every JSON answer (secrets redacted)")
+    _flag(parser, "list-timeout", default="2.5s",
+          help="how long a merged listing waits for one backend before leaving it out")
+    _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
+          help="log level")
+    parser.add_argument("--version", action="version", version=f"mixer {__version__}")
+    return parser
+
+
+def remote_url(args: argparse.Namespace) -> str | None:
+    if args.remote_url:
+        return str(args.remote_url)
+    if args.mixer_project and args.mixer_region:
+        return f"https://{args.mixer_project}-dot-{args.mixer_region}.{args.mixer_host}"
+    return None
+
+
+def google_auth_kind() -> str:
+    """Like the original, use gcloud when it is installed; else google-auth's ADC."""
+    return "gcloud" if shutil.which("gcloud") else "google-adc"
+
+
+def config_from_args(args: argparse.Namespace) -> MixerConfig:
+    timeout = parse_duration(args.context_request_timeout)
+    list_timeout = min(parse_duration(args.list_timeout), timeout)
+    local = BackendConfig(
+        name="local",
+        display_suffix=" (Local)",
+        url=f"http://localhost:{args.jupyter_port}/",
+        auth="token" if args.jupyter_token else "none",
+        token=args.jupyter_token,
+        request_timeout=timeout,
+        list_timeout=list_timeout,
+    )
+    backends = [local]
+    url = remote_url(args)
+    if url is not None:
+        backends.append(
+            BackendConfig(
+                name="remote",
+                display_suffix=" (Remote)",
+                url=url,
+                auth=google_auth_kind(),
+                request_timeout=timeout,
+                list_timeout=list_timeout,
+                gce_metadata_ip=args.gce_metadata_override_ip,
+            )
+        )
+    return MixerConfig(
+        backends=tuple(backends),
+        default_backend=backends[-1].name,
+        local_backend="local",
+        port=args.port,
+        token=args.jupyter_token,
+        external_hostname=args.external_hostname,
+        log=LogConfig(
+            request_headers=args.log_all_request_headers,
+            request_responses=args.log_all_request_responses,
+            response_bodies=args.log_all_response_bodies,
+        ),
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "lab":
+        from notebook_kernels_mixer.launcher import main as lab_main
+
+        return lab_main(argv[1:])
+    if argv and argv[0] == "status":
+        from notebook_kernels_mixer.status_cli import main as status_main
+
+        return status_main(argv[1:])
+    args = mixer_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"mixer: {exc}", file=sys.stderr)
+        return 2
+    if len(config.backends) == 1:
+        log.warning(
+            "no remote backend configured (--mixer-project/--mixer-region or --remote-url): "
+            "running with local kernels only"
+        )
+    from notebook_kernels_mixer.app import serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(serve(config))
+    return 0

@@ -1,0 +1,136 @@
+"""Configuration as frozen values, built once (by the CLI) and passed down.
+
+Nothing here reads global state at import time, so tests can build several mixers,
+each with its own configuration, in one process.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+AUTH_KINDS = ("none", "token", "gcloud", "google-adc")
+BACKEND_NAME_RE = re.compile(r"^[a-z0-9_]+$")
+LOOPBACK_HOSTS = ("::1", "127.0.0.1")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and why."""
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration (``10s``, ``1m30s``, ``250ms``) or plain seconds.
+
+    The original takes Go durations for ``--context_request_timeout``; accepting the
+    same spelling keeps existing command lines working.
+    """
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or not value:
+            raise ConfigError(
+                f"invalid duration {text!r}: use e.g. 10s, 1m30s, 500ms or plain seconds"
+            ) from None
+    if seconds <= 0:
+        raise ConfigError(f"invalid duration {text!r}: must be positive")
+    return seconds
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One place to run kernels: a Jupyter-API server and how to reach it."""
+
+    name: str
+    display_suffix: str
+    url: str
+    auth: str = "none"
+    #: Secret for ``auth = "token"``; never printed (``repr=False``).
+    token: str | None = field(default=None, repr=False)
+    #: Limit for one request that targets this backend (kernel start, delete, …).
+    request_timeout: float = 10.0
+    #: Limit for this backend's part of a merged listing; a slower backend is left
+    #: out of that answer (and filled in later) instead of holding every user up.
+    list_timeout: float = 2.5
+    #: Rewrite Host/Origin/Referer towards this backend (SPEC §5; remotes).
+    rewrite_host: bool = True
+    #: Metadata server address for Google credentials (``--gce-metadata-override-ip``).
+    gce_metadata_ip: str | None = None
+
+    def __post_init__(self) -> None:
+        if not BACKEND_NAME_RE.match(self.name):
+            raise ConfigError(f"backend name {self.name!r} must match [a-z0-9_]+")
+        if self.auth not in AUTH_KINDS:
+            raise ConfigError(
+                f"backend {self.name!r}: unknown auth {self.auth!r} "
+                f"(one of {', '.join(AUTH_KINDS)})"
+            )
+        if self.auth == "token" and not self.token:
+            raise ConfigError(f"backend {self.name!r}: auth 'token' needs a token")
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", self.url):
+            raise ConfigError(f"backend {self.name!r}: invalid url {self.url!r} (http or https)")
+        if self.request_timeout <= 0 or self.list_timeout <= 0:
+            raise ConfigError(f"backend {self.name!r}: timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    request_headers: bool = False
+    request_responses: bool = False
+    response_bodies: bool = False
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """Everything the running mixer needs; see README "Flags" for each value."""
+
+    backends: tuple[BackendConfig, ...]
+    #: Backend whose default kernelspec becomes the merged default while it is up.
+    default_backend: str
+    #: Backend that receives every request the mixer does not handle itself.
+    local_backend: str
+    port: int = 8081
+    hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    #: Token clients must present; ``None`` admits everyone (loopback only!).
+    token: str | None = field(default=None, repr=False)
+    external_hostname: str | None = None
+    #: Extra websocket Origins (scheme://host[:port]) admitted besides loopback ones.
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    max_ws_message_bytes: int = 256 * 1024 * 1024
+    #: How long merged kernelspecs are served without asking the backends again.
+    kernelspecs_ttl: float = 2.0
+    log: LogConfig = LogConfig()
+
+    def __post_init__(self) -> None:
+        names = [b.name for b in self.backends]
+        if not names:
+            raise ConfigError("no backends configured")
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ConfigError(f"duplicate backend names: {', '.join(dupes)}")
+        for role, name in (("default", self.default_backend), ("local", self.local_backend)):
+            if name not in names:
+                raise ConfigError(f"{role} backend {name!r} is not configured")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"invalid port {self.port}")
+
+    def backend(self, name: str) -> BackendConfig:
+        return next(b for b in self.backends if b.name == name)

@@ -1,0 +1,276 @@
+"""The real processes of SPEC §1: local and remote jupyter_servers, the mixer, the front.
+
+* ``local``: a plain jupyter_server with a token, ``MIXER_TEST_WHERE=local``;
+* ``remote``: a jupyter_server that accepts only ``Authorization: Bearer <token>``
+  (``bearer_identity.BearerFileIdentityProvider``), ``MIXER_TEST_WHERE=remote``;
+* ``mixer``: the package under test, with a stand-in ``gcloud`` first on PATH;
+* ``front``: a jupyter_server whose kernels are managed by the mixer through
+  ``--GatewayClient.url`` and the ``--GatewayClient.headers`` of SPEC §1.
+
+Kernels inherit their server's environment, so ``os.environ['MIXER_TEST_WHERE']``
+in a kernel tells which backend runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fake_gcloud import FakeGcloud
+from .ports import free_port
+from .processes import ManagedProcess, http_status
+
+SUPPORT_DIR = Path(__file__).resolve().parent
+PYTHON = sys.executable
+VENV_BIN = str(Path(PYTHON).parent)
+
+# variables of the developer's environment that would change how the servers behave
+_SCRUB_PREFIXES = ("JUPYTER_", "JPY_", "IPYTHON", "GCE_METADATA", "CLOUDSDK_", "MIXER_")
+_SCRUB_NAMES = {
+    "http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+    "GOOGLE_APPLICATION_CREDENTIALS", "PYTHONPATH",
+}  # fmt: skip
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _SCRUB_NAMES and not k.startswith(_SCRUB_PREFIXES)
+    }
+    env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1,[::1]"
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass
+class JupyterServer:
+    """A jupyter_server process and how to reach it."""
+
+    name: str
+    port: int
+    process: ManagedProcess
+    auth_headers: Mapping[str, str] | None = None  # static auth (None: see ``auth``)
+    bearer_file: Path | None = None  # remote: the bearer token is read from here
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def auth(self) -> dict[str, str]:
+        if self.bearer_file is not None:
+            return {"Authorization": f"Bearer {self.bearer_file.read_text().strip()}"}
+        return dict(self.auth_headers or {})
+
+    def probe(self) -> bool:
+        return http_status(self.url + "/api/status", self.auth()) == 200
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def start(self, wait: bool = True) -> None:
+        self.process.start(wait=wait)
+
+    def wait_ready(self) -> None:
+        self.process.wait_ready()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def jupyter_server(
+    name: str,
+    workdir: Path,
+    *,
+    where: str,
+    token: str | None = None,
+    bearer_file: Path | None = None,
+    extra_args: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    ready_timeout: float = 90,
+) -> JupyterServer:
+    """Prepare (not start) a jupyter_server; ``token`` or ``bearer_file`` picks its auth."""
+    port = port or free_port()
+    home = workdir / name
+    root = home / "root"
+    for d in (root, home / "runtime", home / "config", home / "data", home / "ipython"):
+        d.mkdir(parents=True, exist_ok=True)
+    env = clean_env(
+        {
+            "MIXER_TEST_WHERE": where,
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+            "JUPYTER_CONFIG_DIR": str(home / "config"),
+            "JUPYTER_DATA_DIR": str(home / "data"),
+            "IPYTHONDIR": str(home / "ipython"),
+        }
+    )
+    argv = [
+        PYTHON, "-m", "jupyter_server",
+        "--allow-root", "--no-browser", "--port-retries=0",
+        f"--port={port}",
+        f"--ServerApp.root_dir={root}",
+    ]  # fmt: skip
+    auth_headers = None
+    if bearer_file is not None:
+        env["PYTHONPATH"] = str(SUPPORT_DIR)
+        env["MIXER_TEST_BEARER_FILE"] = str(bearer_file)
+        argv += [
+            "--ServerApp.identity_provider_class=bearer_identity.BearerFileIdentityProvider",
+            f"--BearerFileIdentityProvider.token_file={bearer_file}",
+        ]
+    else:
+        assert token, "a jupyter_server needs a token or a bearer file"
+        argv.append(f"--IdentityProvider.token={token}")
+        auth_headers = {"Authorization": f"token {token}"}
+    argv += list(extra_args)
+    if extra_env:
+        env.update(extra_env)
+    server = JupyterServer(
+        name=name,
+        port=port,
+        process=None,  # type: ignore[arg-type]
+        auth_headers=auth_headers,
+        bearer_file=bearer_file,
+    )
+    server.process = ManagedProcess(
+        name,
+        argv,
+        log_path=home / f"{name}.log",
+        env=env,
+        cwd=root,
+        ready=server.probe,
+        ready_timeout=ready_timeout,
+    )
+    return server
+
+
+def front_server(
+    workdir: Path, *, token: str, mixer_port: int, mixer_token: str, xsrf: str = "XSRF"
+) -> JupyterServer:
+    """The Jupyter the user opens, with the mixer as its gateway, as in SPEC §1."""
+    headers = json.dumps({"token": mixer_token, "Cookie": f"_xsrf={xsrf}", "X-XSRFToken": xsrf})
+    return jupyter_server(
+        "front",
+        workdir,
+        where="front",
+        token=token,
+        extra_args=[
+            f"--GatewayClient.url=http://[::1]:{mixer_port}/",
+            f"--GatewayClient.headers={headers}",
+        ],
+    )
+
+
+def mixer_command() -> list[str]:
+    exe = Path(VENV_BIN) / "mixer"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("mixer")
+    if found:
+        return [found]
+    return [PYTHON, "-m", "notebook_kernels_mixer"]
+
+
+def mixer_available() -> bool:
+    try:
+        import notebook_kernels_mixer.cli  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class Mixer:
+    """The mixer process; restartable on the same port."""
+
+    port: int
+    token: str
+    process: ManagedProcess
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://[::1]:{self.port}"
+
+    @property
+    def url_v4(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def auth(self) -> dict[str, str]:
+        return {"token": self.token}
+
+    def probe(self) -> bool:
+        return all(
+            http_status(base + "/api/kernelspecs", self.auth(), timeout=15) == 200
+            for base in (self.url, self.url_v4)
+        )
+
+    def running(self) -> bool:
+        return self.process.running()
+
+    def log_text(self) -> str:
+        return self.process.log_text()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def start(self) -> None:
+        self.process.start()
+
+    def restart(self, *, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            self.process.stop()
+        self.process.start()
+
+
+def mixer(
+    workdir: Path,
+    *,
+    local: JupyterServer,
+    remote: JupyterServer | None,
+    token: str,
+    gcloud: FakeGcloud | None,
+    name: str = "mixer",
+    extra_args: Sequence[str] = (),
+    port: int | None = None,
+    ready_timeout: float = 60,
+) -> Mixer:
+    """Prepare (not start) a mixer in front of ``local`` and ``remote``."""
+    port = port or free_port()
+    home = workdir / name
+    home.mkdir(parents=True, exist_ok=True)
+    env = clean_env()
+    if gcloud is not None:
+        env["PATH"] = gcloud.path_env(env["PATH"])
+    argv = [
+        *mixer_command(),
+        f"--port={port}",
+        f"--jupyter-port={local.port}",
+        f"--jupyter-token={token}",
+        "--context_request_timeout=10s",
+    ]
+    if remote is not None:
+        argv.append(f"--remote-url=http://127.0.0.1:{remote.port}")
+    argv += list(extra_args)
+    m = Mixer(port=port, token=token, process=None, args=argv)  # type: ignore[arg-type]
+    m.process = ManagedProcess(
+        name, argv, log_path=home / f"{name}.log", env=env, cwd=home,
+        ready=m.probe, ready_timeout=ready_timeout,
+    )  # fmt: skip
+    return m
