@@ -1,0 +1,134 @@
+import asyncio
+import time
+
+from notebook_kernels_mixer.resources.kernelspecs import (
+    BackendSpecs,
+    merge,
+    translate_spec,
+    translate_specs,
+)
+from tests.unit.conftest import Mixer
+
+
+def spec(name: str, display: str, parent: str | None = None) -> dict:
+    resources = {"logo-64x64": f"/base/kernelspecs/{name}/logo-64x64.png"}
+    if parent:
+        resources["endpointParentResource"] = parent
+    return {"name": name, "spec": {"display_name": display, "language": "python"},
+            "resources": resources}
+
+
+def test_translate_prefixes_suffixes_and_rewrites_resources() -> None:
+    out = translate_spec(spec("python3", "Python 3 (ipykernel)"), "remote", " (Remote)")
+    assert out is not None
+    assert out["name"] == "remote-python3"
+    assert out["spec"]["display_name"] == "Python 3 (ipykernel) (Remote)"
+    assert out["spec"]["language"] == "python"
+    assert out["resources"]["logo-64x64"] == "/kernelspecs/remote-python3/logo-64x64.png"
+
+
+def test_translate_skips_what_is_not_a_spec() -> None:
+    answer = {"default": "python3", "kernelspecs": {"a": "garbage", "b": {"no": "name"},
+                                                     "python3": spec("python3", "P")}}
+    view = translate_specs(answer, "local", " (Local)")
+    assert list(view.specs) == ["local-python3"]
+    assert view.default == "local-python3"
+
+
+def test_default_is_a_spec_that_exists() -> None:
+    view = translate_specs({"default": "gone", "kernelspecs": {"r": spec("r", "R")}}, "remote", "")
+    assert view.default is None
+    merged = merge([view, translate_specs({"default": "python3",
+                                           "kernelspecs": {"python3": spec("python3", "P")}},
+                                          "local", "")])
+    assert merged["default"] == "local-python3"
+    assert set(merged["kernelspecs"]) == {"remote-r", "local-python3"}
+
+
+def test_default_prefers_first_view_and_order_is_stable() -> None:
+    remote = translate_specs(
+        {"default": "python3", "kernelspecs": {
+            "python3": spec("python3", "Python 3", parent="projects/p/locations/b"),
+            "r": spec("r", "R", parent="projects/p/locations/a")}}, "remote", " (Remote)")
+    local = translate_specs(
+        {"default": "python3", "kernelspecs": {"python3": spec("python3", "Python 3"),
+                                               "julia": spec("julia", "Julia")}}, "local", " (Local)")
+    merged = merge([remote, local])
+    assert merged["default"] == "remote-python3"
+    # no parent ("") sorts first, then by parent, then by display name
+    assert list(merged["kernelspecs"]) == ["local-julia", "local-python3", "remote-r", "remote-python3"]
+    assert merge([local, remote])["kernelspecs"].keys() == merged["kernelspecs"].keys()
+
+
+def test_merge_of_nothing() -> None:
+    assert merge([BackendSpecs({}, None)]) == {"default": None, "kernelspecs": {}}
+
+
+async def test_listing_merges_all_backends(fakes, mixer) -> None:
+    local = await fakes("local", specs=("python3", "julia"))
+    remote = await fakes("remote", specs=("python3",))
+    m: Mixer = await mixer([("local", local), ("remote", remote)])
+    status, body = await m.call("GET", "/api/kernelspecs")
+    assert status == 200
+    assert body["default"] == "remote-python3"
+    assert set(body["kernelspecs"]) == {"local-python3", "local-julia", "remote-python3"}
+    status, one = await m.call("GET", "/api/kernelspecs/remote-python3")
+    assert status == 200 and one["spec"]["display_name"] == "Python3 on remote (Remote)"
+    async with m.session.get(m.url + "/kernelspecs/remote-python3/logo-64x64.png",
+                             headers=m.headers()) as r:
+        assert r.status == 200 and await r.read() == b"remote:logo-64x64.png"
+    status, _ = await m.call("GET", "/api/kernelspecs/remote-nope")
+    assert status == 404
+    status, err = await m.call("GET", "/api/kernelspecs/python3")
+    assert status == 400 and "prefix" in err["message"]
+
+
+async def test_listing_asks_backends_concurrently(fakes, mixer) -> None:
+    # Regression guard (issue 3): each backend takes 0.6 s, so asking one after the
+    # other would take >= 1.2 s. The margin is generous against a loaded machine.
+    local = await fakes("local", delay=0.6)
+    remote = await fakes("remote", delay=0.6)
+    m = await mixer([("local", local), ("remote", remote)], list_timeout=5.0)
+    for path in ("/api/kernels", "/api/kernelspecs", "/api/sessions"):
+        started = time.perf_counter()
+        status, _ = await m.call("GET", path)
+        elapsed = time.perf_counter() - started
+        assert status == 200
+        assert elapsed < 1.1, f"{path} took {elapsed:.2f}s: backends asked one after the other?"
+
+
+async def test_blackholed_backend_cannot_hold_a_listing(fakes, blackhole, mixer) -> None:
+    local = await fakes("local")
+    local._new_kernel("python3")
+    m = await mixer([("local", local), ("remote", blackhole.url)], list_timeout=0.5,
+                    request_timeout=30.0)
+    started = time.perf_counter()
+    status, kernels = await m.call("GET", "/api/kernels")
+    first = time.perf_counter() - started
+    assert status == 200 and [k["name"] for k in kernels] == ["local-python3"]
+    assert first < 0.5 + 2.0  # its listing timeout, plus slack for a busy machine
+    # Later listings do not wait for the dead backend again: its circuit is open.
+    for path in ("/api/kernels", "/api/kernelspecs"):
+        started = time.perf_counter()
+        status, body = await m.call("GET", path)
+        assert status == 200
+        assert time.perf_counter() - started < 0.5, f"{path} waited for the blackhole again"
+    assert list(body["kernelspecs"]) == ["local-python3"]
+    assert body["default"] == "local-python3"
+
+
+async def test_kernelspecs_are_cached_and_refreshed(fakes, mixer) -> None:
+    local = await fakes("local")
+    m = await mixer([("local", local)], kernelspecs_ttl=0.3)
+    await m.call("GET", "/api/kernelspecs")
+    await m.call("GET", "/api/kernelspecs")
+    asked = [s for s in local.seen if s.path == "/api/kernelspecs"]
+    assert len(asked) == 1  # the second answer came from the cache
+    local.specs = ("python3", "newone")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        _, body = await m.call("GET", "/api/kernelspecs")
+        if "local-newone" in body["kernelspecs"]:
+            break
+        await asyncio.sleep(0.1)
+    assert "local-newone" in body["kernelspecs"]

@@ -1,0 +1,57 @@
+import pytest
+
+from notebook_kernels_mixer.errors import BadRequest
+from notebook_kernels_mixer.resources.naming import (
+    checked_id,
+    checked_resource_path,
+    prefixed,
+    split_prefixed,
+)
+
+KNOWN = ("local", "remote", "eg_1")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("local-python3", ("local", "python3")),
+        ("remote-python3", ("remote", "python3")),
+        ("remote-my-kernel", ("remote", "my-kernel")),
+        ("eg_1-spark_python", ("eg_1", "spark_python")),
+    ],
+)
+def test_split_prefixed(name: str, expected: tuple[str, str]) -> None:
+    assert split_prefixed(name, KNOWN) == expected
+    assert prefixed(*expected) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["python3", "nope-python3", "local-", "-python3", "", 5, None, "local-../x", "local-a/b"]
+)
+def test_split_prefixed_rejects_with_400(name: object) -> None:
+    with pytest.raises(BadRequest):
+        split_prefixed(name, KNOWN)
+
+
+@pytest.mark.parametrize("value", ["..", ".", "a/b", "a\r\nX-Injected: 1", "", "%2F", "a b", "x" * 200])
+def test_checked_id_rejects_path_and_header_tricks(value: str) -> None:
+    with pytest.raises(BadRequest):
+        checked_id(value, "kernel")
+
+
+def test_checked_id_accepts_uuid() -> None:
+    kid = "5f62c0c4-d4ba-4dfb-8cd1-33eafb7f6938"
+    assert checked_id(kid, "kernel") == kid
+
+
+@pytest.mark.parametrize(
+    "path", ["../kernel.json", "a/../../x", "/etc/passwd", "a//b", "./x", "a\\b", "x?y", "%2e%2e"]
+)
+def test_resource_path_cannot_climb(path: str) -> None:
+    with pytest.raises(BadRequest):
+        checked_resource_path(path)
+
+
+def test_resource_path_keeps_subdirectories() -> None:
+    assert checked_resource_path("logo-64x64.png") == "logo-64x64.png"
+    assert checked_resource_path("static/index.js") == "static/index.js"
