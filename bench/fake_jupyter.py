@@ -90,9 +90,7 @@ class FakeJupyter:
 
     @staticmethod
     def json(data: object, status: int = 200) -> web.Response:
-        return web.Response(
-            body=json.dumps(data).encode(), status=status, content_type="application/json"
-        )
+        return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json")
 
     @staticmethod
     def error(status: int, message: str) -> web.Response:
@@ -230,13 +228,9 @@ class FakeJupyter:
     async def channels(self, request: web.Request) -> web.StreamResponse:
         model = self.kernel(request)
         offered = [
-            p.strip()
-            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-            if p.strip()
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
         ]
-        ws = web.WebSocketResponse(
-            protocols=offered[:1], max_msg_size=0, compress=False, autoping=True
-        )
+        ws = web.WebSocketResponse(protocols=offered[:1], max_msg_size=0, compress=False, autoping=True)
         await ws.prepare(request)
         self.stats["ws_connections"] += 1
         self.stats["ws_open"] += 1

@@ -33,7 +33,7 @@ async def test_kernel_lifecycle_is_routed_by_prefix_and_id(fakes, mixer) -> None
 
 
 async def test_kernel_without_name_goes_to_default_backend(fakes, mixer) -> None:
-    local, remote, m = await two(fakes, mixer, default="local")
+    local, _remote, m = await two(fakes, mixer, default="local")
     status, k = await m.call("POST", "/api/kernels", json={})
     assert status == 201 and k["name"] == "local-python3" and k["id"] in local.kernels
 
@@ -98,7 +98,7 @@ async def test_failed_switch_loses_nothing(fakes, mixer) -> None:
 
 
 async def test_backend_errors_are_marked_as_theirs(fakes, mixer) -> None:
-    local, remote, m = await two(fakes, mixer)
+    _local, remote, m = await two(fakes, mixer)
     remote.fail_status = 500
     async with m.session.post(m.url + "/api/kernels", headers=m.headers(),
                               json={"name": "remote-python3"}) as resp:
@@ -128,7 +128,7 @@ async def test_failures_are_clear_and_isolated(fakes, mixer, blackhole) -> None:
         status, err = await m.call("POST", "/api/kernels", json={"name": f"{name}-python3"})
         assert status == code, (name, err)
         assert f"'{name}'" in err["message"] and cause in err["message"]
-    status, k = await m.call("POST", "/api/kernels", json={"name": "local-python3"})
+    status, _k = await m.call("POST", "/api/kernels", json={"name": "local-python3"})
     assert status == 201
 
 

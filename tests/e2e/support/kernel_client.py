@@ -67,6 +67,7 @@ class KernelConnection:
         self.session_id = uuid.uuid4().hex
         self.negotiated = ws.protocol  # the subprotocol the server chose (None for legacy)
         self._backlog: list[dict] = []
+        self.frame_types: set[str] = set()  # websocket frame kinds received: TEXT / BINARY
 
     @classmethod
     async def open(
@@ -141,6 +142,8 @@ class KernelConnection:
         return msg["header"]["msg_id"]
 
     def _decode(self, frame: aiohttp.WSMessage) -> dict:
+        if frame.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            self.frame_types.add(frame.type.name)
         if frame.type == aiohttp.WSMsgType.TEXT:
             if self.protocol == "v1":
                 raise KernelProtocolError(f"text frame on a v1 connection: {frame.data[:200]!r}")
