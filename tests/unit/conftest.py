@@ -67,7 +67,7 @@ async def mixer() -> AsyncIterator[MixerFactory]:
     sessions: list[aiohttp.ClientSession] = []
 
     async def make(
-        backends: list[tuple[str, Any]],
+        backends: list[tuple[Any, ...]],  # (name, fake or url[, BackendConfig overrides])
         *,
         default: str | None = None,
         token: str | None = TOKEN,
@@ -77,16 +77,17 @@ async def mixer() -> AsyncIterator[MixerFactory]:
         **config: Any,
     ) -> Mixer:
         configs = tuple(
-            BackendConfig(
-                name=name,
-                display_suffix=f" ({name.title()})",
-                url=target if isinstance(target, str) else target.url,
-                auth="token" if getattr(target, "token", None) else "none",
-                token=getattr(target, "token", None),
-                request_timeout=request_timeout,
-                list_timeout=list_timeout,
-            )
-            for name, target in backends
+            BackendConfig(**{
+                "name": name,
+                "display_suffix": f" ({name.title()})",
+                "url": target if isinstance(target, str) else target.url,
+                "auth": "token" if getattr(target, "token", None) else "none",
+                "token": getattr(target, "token", None),
+                "request_timeout": request_timeout,
+                "list_timeout": list_timeout,
+                **(overrides[0] if overrides else {}),
+            })
+            for name, target, *overrides in backends
         )
         cfg = MixerConfig(
             backends=configs,

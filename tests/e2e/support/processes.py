@@ -80,6 +80,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _redact_arg(arg: str) -> str:
+    """``--x-token=secret`` → ``--x-token=<redacted>`` (the logs are checked for tokens)."""
+    name, eq, _ = arg.partition("=")
+    if eq and name.startswith("-") and ("token" in name.lower() or "header" in name.lower()):
+        return f"{name}=<redacted>"
+    return arg
+
+
 class ProcessFailed(RuntimeError):
     pass
 
@@ -123,7 +131,8 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start #{self.starts}: {' '.join(self.argv)}\n".encode())
+            shown = " ".join(_redact_arg(a) for a in self.argv)
+            log.write(f"\n===== start #{self.starts}: {shown}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
                 self.argv,

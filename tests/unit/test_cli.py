@@ -1,0 +1,90 @@
+"""The command line of SPEC §2, compatible with the Go original."""
+
+import pytest
+
+from notebook_kernels_mixer.cli import config_from_args, mixer_parser
+from notebook_kernels_mixer.config import BackendConfig, ConfigError, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10s", 10.0), ("1m", 60.0), ("1m30s", 90.0), ("500ms", 0.5), ("2.5s", 2.5), ("3", 3.0),
+     ("1h", 3600.0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "10x", "s", "-1s", "0s", "10s junk", "ten"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_duration(text)
+
+
+def config(*argv: str):
+    return config_from_args(mixer_parser().parse_args(list(argv)))
+
+
+def test_defaults_run_local_only() -> None:
+    cfg = config()
+    assert cfg.port == 8081
+    assert [b.name for b in cfg.backends] == ["local"]
+    assert cfg.backends[0].url == "http://localhost:8082/"
+    assert cfg.backends[0].request_timeout == 10.0
+    assert cfg.token is None
+
+
+def test_project_and_region_make_the_google_url(monkeypatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    cfg = config("--mixer-project=p", "--mixer-region=us-central1", "--jupyter-token=t",
+                 "--jupyter-port=9992", "--port=9991")
+    remote = cfg.backend("remote")
+    assert remote.url == "https://p-dot-us-central1.kernels.googleusercontent.com"
+    assert remote.auth == "google-adc" and remote.display_suffix == " (Remote)"
+    assert cfg.default_backend == "remote" and cfg.local_backend == "local"
+    local = cfg.backend("local")
+    assert local.auth == "token" and local.token == "t" and local.url == "http://localhost:9992/"
+    assert cfg.port == 9991 and cfg.token == "t"
+    assert "t" not in repr(local).split("token=")[-1][:3]  # the token is not in repr
+
+
+def test_remote_url_overrides_and_gcloud_is_preferred(monkeypatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/gcloud")
+    cfg = config("--mixer-project=p", "--mixer-region=r", "--mixer-host=example.com",
+                 "--remote-url=http://127.0.0.1:1234/base/", "--gce-metadata-override-ip=1.2.3.4",
+                 "--context_request_timeout=1m")
+    remote = cfg.backend("remote")
+    assert remote.url == "http://127.0.0.1:1234/base/"
+    assert remote.auth == "gcloud" and remote.gce_metadata_ip == "1.2.3.4"
+    assert remote.request_timeout == 60.0
+
+
+def test_go_style_single_dash_flags_and_both_timeout_spellings() -> None:
+    cfg = config("-port=7000", "-jupyter-port=7001", "--context-request-timeout=3s",
+                 "-external-hostname=lab.example.org", "--log-all-request-headers")
+    assert cfg.port == 7000 and cfg.backend("local").url == "http://localhost:7001/"
+    assert cfg.backend("local").request_timeout == 3.0
+    assert cfg.external_hostname == "lab.example.org" and cfg.log.request_headers
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"name": "Bad-Name"}, {"auth": "kerberos"}, {"url": "ftp://x"}, {"url": "not a url"},
+     {"auth": "token"}, {"request_timeout": 0}],
+)
+def test_backend_config_validation(kwargs) -> None:
+    base = {"name": "ok", "display_suffix": "", "url": "http://localhost:1/"}
+    with pytest.raises(ConfigError):
+        BackendConfig(**{**base, **kwargs})
+
+
+def test_help_explains_every_flag(capsys) -> None:
+    with pytest.raises(SystemExit):
+        mixer_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--port", "--mixer-project", "--mixer-region", "--mixer-host", "--remote-url",
+                 "--jupyter-port", "--jupyter-token", "--external-hostname",
+                 "--gce-metadata-override-ip", "--context_request_timeout",
+                 "--log-all-request-headers", "--log-all-request-responses",
+                 "--log-all-response-bodies"):
+        assert flag in out

@@ -1,0 +1,109 @@
+"""The websocket relay: frame for frame, subprotocol and close codes passed through,
+and a client socket closed (not an HTTP error) when the backend cannot be reached."""
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+
+from notebook_kernels_mixer.app import REGISTRY, RELAY
+from tests.unit.conftest import TOKEN
+
+V1 = "v1.kernel.websocket.jupyter.org"
+
+
+async def setup(fakes, mixer):
+    local = await fakes("local")
+    kernel = local._new_kernel("python3")
+    m = await mixer([("local", local)])
+    url = m.url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels?session_id=s1"
+    return local, m, url
+
+
+async def test_frames_pass_unchanged_both_ways(fakes, mixer) -> None:
+    local, m, url = await setup(fakes, mixer)
+    async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
+        assert ws.protocol is None
+        for text in ("{}", "é" * 1000, '{"channel": "shell"}'):
+            await ws.send_str(text)
+            msg = await ws.receive(timeout=5)
+            assert msg.type is WSMsgType.TEXT and msg.data == text
+        for blob in (b"\x00\x01\x02", bytes(range(256)) * 4096):
+            await ws.send_bytes(blob)
+            msg = await ws.receive(timeout=5)
+            assert msg.type is WSMsgType.BINARY and msg.data == blob
+    upgrade = next(s for s in local.seen if s.path.endswith("/channels"))
+    assert upgrade.headers.get("Authorization") is None  # this fake needs no token
+
+
+async def test_query_and_subprotocol_pass_through(fakes, mixer) -> None:
+    local, m, url = await setup(fakes, mixer)
+    async with m.session.ws_connect(url, headers={"token": TOKEN}, protocols=(V1,)) as ws:
+        assert ws.protocol == V1
+        await ws.send_bytes(b"binary v1 frame")
+        assert (await ws.receive(timeout=5)).data == b"binary v1 frame"
+    upgrade = next(s for s in local.seen if s.path.endswith("/channels"))
+    assert upgrade.headers["Sec-WebSocket-Protocol"] == V1
+
+
+async def test_pings_are_relayed_to_the_backend(fakes, mixer) -> None:
+    _, m, url = await setup(fakes, mixer)
+    async with m.session.ws_connect(url, headers={"token": TOKEN}, autoping=False) as ws:
+        await ws.ping(b"are you there")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.PONG and msg.data == b"are you there"
+
+
+async def test_backend_close_code_reaches_client(fakes, mixer) -> None:
+    _, m, url = await setup(fakes, mixer)
+    async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
+        await ws.send_str("close:4001")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.CLOSE
+        assert ws.close_code == 4001
+    for _ in range(50):
+        if m.app[RELAY].live == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert m.app[RELAY].live == 0
+
+
+async def test_client_close_closes_backend(fakes, mixer) -> None:
+    local, m, url = await setup(fakes, mixer)
+    relay = m.app[RELAY]
+    ws = await m.session.ws_connect(url, headers={"token": TOKEN})
+    await ws.send_str("x")
+    await ws.receive(timeout=5)
+    assert relay.live == 1
+    await ws.close(code=4002)
+    for _ in range(50):
+        if relay.live == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert relay.live == 0
+
+
+@pytest.mark.parametrize("target", ["down", "hole"])
+async def test_unreachable_backend_closes_the_socket(fakes, mixer, blackhole, target) -> None:
+    url_of = {"down": "http://127.0.0.1:9/", "hole": blackhole.url}
+    local = await fakes("local")
+    m = await mixer([("local", local), ("remote", url_of[target])], request_timeout=0.5)
+    kernel = "1b8636b2-d964-4f3e-95bd-71eff87da38e"
+    registry = m.app[REGISTRY]
+    registry.remember_kernel(kernel, registry.backends["remote"])
+    url = m.url.replace("http", "ws") + f"/api/kernels/{kernel}/channels"
+    async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
+        msg = await ws.receive(timeout=10)
+        assert msg.type is WSMsgType.CLOSE
+        assert ws.close_code == 1011
+        assert "remote" in (msg.extra or "")
+
+
+async def test_unknown_kernel_websocket_is_404(fakes, mixer) -> None:
+    local = await fakes("local")
+    m = await mixer([("local", local)])
+    url = m.url.replace("http", "ws") + "/api/kernels/0d1a/channels"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await m.session.ws_connect(url, headers={"token": TOKEN})
+    assert info.value.status == 404
