@@ -245,3 +245,50 @@ class Blackhole:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class BrokenWebsocketBackend:
+    """Completes the websocket upgrade for any path, then sends half a frame and drops
+    the connection (a backend that dies mid-message)."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.base_events.Server | None = None
+        self.port = 0
+        self.upgrades = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def start(self) -> BrokenWebsocketBackend:
+        import base64
+        import hashlib
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            )
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            )
+            writer.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            self.upgrades += 1
+            await reader.read(1)  # wait for the first client frame
+            writer.write(b"\x82\x7e\x10\x00" + b"x" * 100)  # 4096-byte frame, cut short
+            await writer.drain()
+            writer.close()
+
+        self._server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
