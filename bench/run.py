@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import statistics
@@ -245,10 +246,10 @@ class Procs:
         self.names[proc.pid] = name
         return proc
 
-    def stop(self, proc: subprocess.Popen, timeout: float = 8.0) -> None:
+    def stop(self, proc: subprocess.Popen, timeout: float = 8.0, sig: int = signal.SIGTERM) -> None:
         descendants = [p for p in tree(proc.pid) if p != proc.pid]
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -367,6 +368,16 @@ class Mixer:
         )
         await wait_port(self.bench.procs, self.proc, self.port, timeout=60)
         self.started_cpu = tree_cpu(self.proc.pid)
+        self.spy = None
+        self.name = name
+        if self.bench.args.py_spy:
+            self.spy_out = self.bench.out_dir / f"py-spy-{self.label}-{name}.txt"
+            self.spy = self.bench.procs.start(
+                f"py-spy-{self.label}-{name}",
+                [self.bench.args.py_spy, "record", "--pid", str(self.proc.pid), "--rate", "250",
+                 "--nonblocking", "--format", "raw", "-o", str(self.spy_out)],
+            )
+            await asyncio.sleep(1.0)  # let it attach
         return self
 
     @property
@@ -389,6 +400,10 @@ class Mixer:
             "gcloud_runs": self.gcloud_runs(),
             "client_requests": self.client_requests,
         }
+        if self.spy is not None:
+            self.bench.procs.stop(self.spy, timeout=30, sig=signal.SIGINT)
+            out["profile"] = str(self.spy_out)
+            self.bench.profiles.append((f"{self.label}-{self.name}", self.spy_out))
         alive = self.proc.poll() is None
         self.bench.procs.stop(self.proc)
         out["alive_at_end"] = alive
@@ -760,6 +775,7 @@ class Bench:
         self.mixers: list[tuple[str, str]] = [] if args.direct_only else parse_mixers(args.mixer_cmd)
         self.results: dict = {}
         self.instances: list[dict] = []
+        self.profiles: list[tuple[str, Path]] = []
         self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
 
     def session(self) -> aiohttp.ClientSession:
@@ -1585,7 +1601,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default="ws,kernel,rest", help="subset of ws,kernel,rest")
     parser.add_argument("--out-dir", help="logs and results (default bench/results/<time>)")
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument(
+        "--py-spy", nargs="?", const="py-spy", metavar="PATH",
+        help="profile each mixer with py-spy (skews its timings); prints the hot spots",
+    )
     args = parser.parse_args(argv)
+    if args.py_spy and os.sep not in args.py_spy:
+        found = shutil.which(args.py_spy) or shutil.which(
+            args.py_spy, path=str(Path(sys.executable).parent)
+        )
+        if not found:
+            parser.error(f"{args.py_spy} not found (pip install py-spy)")
+        args.py_spy = found
 
     def stop(signum, frame):  # SIGTERM: unwind so every started process is stopped
         raise KeyboardInterrupt

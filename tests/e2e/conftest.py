@@ -55,9 +55,7 @@ class Backends:
 @pytest.fixture(scope="session")
 def backends(e2e_dir: Path, tokens: Tokens, gcloud: FakeGcloud) -> Iterator[Backends]:
     local = topology.jupyter_server("local", e2e_dir, where="local", token=tokens.jupyter)
-    remote = topology.jupyter_server(
-        "remote", e2e_dir, where="remote", bearer_file=gcloud.token_file
-    )
+    remote = topology.jupyter_server("remote", e2e_dir, where="remote", bearer_file=gcloud.token_file)
     try:
         local.start(wait=False)
         remote.start(wait=False)
@@ -80,9 +78,7 @@ def remote_server(backends: Backends) -> JupyterServer:
 
 
 @pytest.fixture(scope="session")
-def mixer_proc(
-    e2e_dir: Path, backends: Backends, tokens: Tokens, gcloud: FakeGcloud
-) -> Iterator[Mixer]:
+def mixer_proc(e2e_dir: Path, backends: Backends, tokens: Tokens, gcloud: FakeGcloud) -> Iterator[Mixer]:
     if not topology.mixer_available():
         pytest.fail("notebook_kernels_mixer is not installed (pip install -e .)")
     m = topology.mixer(
@@ -108,9 +104,7 @@ def front_server(e2e_dir: Path, mixer_proc: Mixer, tokens: Tokens) -> Iterator[J
 
 
 @pytest.fixture
-def topology_guard(
-    backends: Backends, gcloud: FakeGcloud, mixer_proc: Mixer
-) -> Iterator[None]:
+def topology_guard(backends: Backends, gcloud: FakeGcloud, mixer_proc: Mixer) -> Iterator[None]:
     """Puts the shared topology back together after a test that broke it."""
     yield
     gcloud.succeed()
@@ -148,9 +142,7 @@ def mixer_api(http: aiohttp.ClientSession, mixer_proc: Mixer, tokens: Tokens) ->
 
 
 @pytest.fixture
-def front_api(
-    http: aiohttp.ClientSession, front_server: JupyterServer, tokens: Tokens
-) -> ApiClient:
+def front_api(http: aiohttp.ClientSession, front_server: JupyterServer, tokens: Tokens) -> ApiClient:
     return ApiClient(http, front_server.url, auth=front_server.auth, name="front")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -25,15 +26,11 @@ async def _remote_is_usable(mixer_api: ApiClient) -> bool:
 
 
 async def _refused(http: aiohttp.ClientSession, remote: JupyterServer, token: str) -> bool:
-    async with http.get(
-        remote.url + "/api/status", headers={"Authorization": f"Bearer {token}"}
-    ) as resp:
+    async with http.get(remote.url + "/api/status", headers={"Authorization": f"Bearer {token}"}) as resp:
         return resp.status in (401, 403)
 
 
-async def test_remote_requests_carry_the_gcloud_token(
-    mixer_api: ApiClient, gcloud: FakeGcloud
-) -> None:
+async def test_remote_requests_carry_the_gcloud_token(mixer_api: ApiClient, gcloud: FakeGcloud) -> None:
     resp = await mixer_api.get("/api/kernelspecs/remote-python3")
     assert resp.status == 200, resp.describe()
     assert resp.headers.get("X-Mixer-Backend") == "remote"
@@ -57,6 +54,25 @@ async def test_token_is_cached_not_fetched_per_request(
     assert await where(http, mixer_api, kernel_id) == "remote"
     runs = gcloud.run_count() - before
     assert runs <= 1, f"gcloud ran {runs} times for 12 remote requests (token lifetime 600s)"
+
+
+async def test_token_expiry_is_honoured(
+    mixer_api: ApiClient, remote_server: JupyterServer, gcloud: FakeGcloud
+) -> None:
+    await wait_until(lambda: _remote_is_usable(mixer_api), timeout=30, what="remote usable")
+    gcloud.set_expiry(3)
+    try:
+        gcloud.rotate()  # makes the mixer fetch a token that expires in 3 s
+        resp = await mixer_api.get("/api/kernelspecs/remote-python3")
+        assert resp.status == 200, resp.describe()
+        fetched = gcloud.run_count()
+        await asyncio.sleep(3.5)
+        # the token still works on the remote: only its expiry can make the mixer refresh
+        resp = await mixer_api.get("/api/kernelspecs/remote-python3")
+        assert resp.status == 200, resp.describe()
+        assert gcloud.run_count() > fetched, "an expired token was used without a refresh"
+    finally:
+        gcloud.set_expiry(600)
 
 
 async def test_token_rotation_is_transparent(
@@ -96,9 +112,7 @@ async def test_token_rotation_before_a_websocket_connects(
     gcloud.rotate()
     assert await _refused(http, remote_server, old)
     # the first thing the mixer sends with the stale token is the websocket upgrade
-    result = await execute(
-        http, mixer_api.ws_url(channels_path(kernel_id)), WHERE, headers=mixer_api.auth()
-    )
+    result = await execute(http, mixer_api.ws_url(channels_path(kernel_id)), WHERE, headers=mixer_api.auth())
     assert result.status == "ok" and result.stdout.strip() == "remote", result
 
 
@@ -133,9 +147,7 @@ async def test_gcloud_failure_is_a_clear_error_and_local_is_unaffected(
 
     # gcloud works again: so does the remote (the mixer may back off between retries)
     gcloud.succeed()
-    await wait_until(
-        lambda: _remote_is_usable(mixer_api), timeout=60, interval=1, what="remote usable again"
-    )
+    await wait_until(lambda: _remote_is_usable(mixer_api), timeout=60, interval=1, what="remote usable again")
     again = janitor.track((await mixer_api.start_kernel("remote-python3"))["id"])
     assert await where(http, mixer_api, again) == "remote"
 

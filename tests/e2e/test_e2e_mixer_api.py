@@ -139,9 +139,7 @@ async def test_session_create_patch_across_backends_delete(
     assert await where(http, mixer_api, remote_kernel) == "remote"
 
     # a PATCH that changes nothing about the backend is forwarded and keeps the kernel
-    renamed = await mixer_api.ok_json(
-        "PATCH", f"/api/sessions/{session_id}", {"path": "renamed.ipynb"}
-    )
+    renamed = await mixer_api.ok_json("PATCH", f"/api/sessions/{session_id}", {"path": "renamed.ipynb"})
     assert renamed["id"] == session_id and renamed["path"] == "renamed.ipynb"
     assert renamed["kernel"]["id"] == remote_kernel
 
@@ -169,9 +167,7 @@ async def test_websocket_execution_with_both_protocols(
         assert result.status == "ok" and result.stdout.strip() == backend, result
         assert legacy.frame_types == {"TEXT"}, legacy.frame_types
 
-    v1 = await KernelConnection.open(
-        http, ws_url, headers=mixer_api.auth(), protocol="v1", timeout=60
-    )
+    v1 = await KernelConnection.open(http, ws_url, headers=mixer_api.auth(), protocol="v1", timeout=60)
     async with v1:
         assert v1.negotiated == V1_PROTOCOL
         result = await v1.execute(WHERE + "; print('v1', 'ok')")

@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
-_SCRIPT = '''#!{python}
+_SCRIPT = """#!{python}
 # stand-in gcloud written by the notebook-kernels-mixer end-to-end tests
 import datetime, json, os, sys
 STATE = {state!r}
@@ -46,7 +46,7 @@ print(json.dumps({{
     "credential": {{"access_token": token, "id_token": "", "token_expiry": expiry}},
     "sentinels": {{"config_sentinel": os.path.join(STATE, "sentinel")}},
 }}, indent=2))
-'''
+"""
 
 DEFAULT_FAILURE = (
     "ERROR: (gcloud.config.config-helper) There was a problem refreshing your current auth "

@@ -278,8 +278,6 @@ async def execute(
     timeout: float = 60,
 ) -> ExecResult:
     """Connect, run ``code``, disconnect."""
-    conn = await KernelConnection.open(
-        http, ws_url, headers=headers, protocol=protocol, timeout=timeout
-    )
+    conn = await KernelConnection.open(http, ws_url, headers=headers, protocol=protocol, timeout=timeout)
     async with conn:
         return await conn.execute(code, timeout=timeout)

@@ -38,11 +38,7 @@ _SCRUB_NAMES = {
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in _SCRUB_NAMES and not k.startswith(_SCRUB_PREFIXES)
-    }
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB_NAMES and not k.startswith(_SCRUB_PREFIXES)}
     env["PATH"] = VENV_BIN + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost,::1,[::1]"
     env["PYTHONUNBUFFERED"] = "1"
