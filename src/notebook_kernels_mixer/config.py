@@ -10,6 +10,10 @@ import re
 from dataclasses import dataclass, field
 
 AUTH_KINDS = ("none", "token", "gcloud", "google-adc")
+#: Who keeps a backend's sessions: "backend" (its own /api/sessions, jupyter_server),
+#: "mixer" (the mixer, over the backend's kernels API: Kernel/Enterprise Gateway, whose
+#: sessions API is missing or broken), or "auto" (find out; see backends/gateway.py).
+SESSIONS_MODES = ("auto", "backend", "mixer")
 BACKEND_NAME_RE = re.compile(r"^[a-z0-9_]+$")
 LOOPBACK_HOSTS = ("::1", "127.0.0.1")
 
@@ -73,6 +77,8 @@ class BackendConfig:
     rewrite_host: bool = True
     #: Metadata server address for Google credentials (``--gce-metadata-override-ip``).
     gce_metadata_ip: str | None = None
+    #: Who keeps this backend's sessions (one of SESSIONS_MODES).
+    sessions: str = "auto"
 
     def __post_init__(self) -> None:
         if not BACKEND_NAME_RE.match(self.name):
@@ -88,6 +94,11 @@ class BackendConfig:
             raise ConfigError(f"backend {self.name!r}: invalid url {self.url!r} (http or https)")
         if self.request_timeout <= 0 or self.list_timeout <= 0:
             raise ConfigError(f"backend {self.name!r}: timeouts must be positive")
+        if self.sessions not in SESSIONS_MODES:
+            raise ConfigError(
+                f"backend {self.name!r}: unknown sessions {self.sessions!r} "
+                f"(one of {', '.join(SESSIONS_MODES)})"
+            )
 
 
 @dataclass(frozen=True)

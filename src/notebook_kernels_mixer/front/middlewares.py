@@ -61,7 +61,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def access_logger(config: MixerConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
-    secrets = tuple(s for s in (config.token,) if s)
+    secrets = tuple(s for s in (config.token, *(b.token for b in config.backends)) if s)
     flags = config.log
 
     @web.middleware
