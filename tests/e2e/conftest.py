@@ -4,7 +4,8 @@ Servers are session-scoped (starting a jupyter_server costs seconds on a small
 machine) and started in parallel where they do not depend on each other. Tests
 that break the topology on purpose (stop the remote, kill the mixer, make gcloud
 fail) put it back through ``topology_guard``. Process logs are kept under the
-pytest temporary directory; the failure messages carry their tails.
+pytest temporary directory (e.g. /tmp/pytest-of-root/pytest-N/e2e0/{local,remote,mixer,front}/);
+the failure messages carry their tails.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def mixer_api(http: aiohttp.ClientSession, mixer_proc: Mixer, tokens: Tokens) ->
 
 
 @pytest.fixture
-def front_api(http: aiohttp.ClientSession, front_server: JupyterServer, tokens: Tokens) -> ApiClient:
+def front_api(http: aiohttp.ClientSession, front_server: JupyterServer) -> ApiClient:
     return ApiClient(http, front_server.url, auth=front_server.auth, name="front")
 
 
