@@ -76,6 +76,9 @@ def mixer_parser() -> argparse.ArgumentParser:
           help="log the body of every JSON answer (secrets redacted)")
     _flag(parser, "list-timeout", default="2.5s",
           help="how long a merged listing waits for one backend before leaving it out")
+    _flag(parser, "config", action="append", default=[], metavar="FILE",
+          help="TOML file declaring backends (see examples/mixer.toml); may be repeated. "
+               "Flags given on the command line override the file (README: Config file)")
     _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log level")
     parser.add_argument("--version", action="version", version=f"mixer {__version__}")
@@ -163,17 +166,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from notebook_kernels_mixer.status_cli import main as status_main
 
         return status_main(argv[1:])
-    args = mixer_parser().parse_args(argv)
+    parser = mixer_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
+        if args.config:
+            from notebook_kernels_mixer.config_file import apply_files, given_options
+
+            config = apply_files(args.config, config, given_options(parser, argv))
     except ConfigError as exc:
         print(f"mixer: {exc}", file=sys.stderr)
         return 2
     if len(config.backends) == 1:
         log.warning(
-            "no remote backend configured (--mixer-project/--mixer-region or --remote-url): "
-            "running with local kernels only"
+            "no remote backend configured (--mixer-project/--mixer-region, --remote-url "
+            "or --config FILE, see examples/mixer.toml): running with local kernels only"
         )
     from notebook_kernels_mixer.app import serve
 

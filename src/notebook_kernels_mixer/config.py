@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 AUTH_KINDS = ("none", "token", "gcloud", "google-adc")
 #: Who keeps a backend's sessions: "backend" (its own /api/sessions, jupyter_server),
 #: "mixer" (the mixer, over the backend's kernels API: Kernel/Enterprise Gateway, whose
-#: sessions API is missing or broken), or "auto" (find out; see backends/gateway.py).
+#: sessions API is forbidden or broken), or "auto" (ask it once; backends/gateway.py).
 SESSIONS_MODES = ("auto", "backend", "mixer")
 BACKEND_NAME_RE = re.compile(r"^[a-z0-9_]+$")
 LOOPBACK_HOSTS = ("::1", "127.0.0.1")
@@ -78,7 +78,7 @@ class BackendConfig:
     #: Metadata server address for Google credentials (``--gce-metadata-override-ip``).
     gce_metadata_ip: str | None = None
     #: Who keeps this backend's sessions (one of SESSIONS_MODES).
-    sessions: str = "auto"
+    sessions: str = "backend"
 
     def __post_init__(self) -> None:
         if not BACKEND_NAME_RE.match(self.name):

@@ -1,0 +1,177 @@
+"""Sessions on backends without a usable sessions API (Kernel/Enterprise Gateway):
+the mixer keeps them over the backend's kernels API (backends/gateway.py).
+
+The fake gateway behaves as the real ones were observed to: no ``GET /api/status``,
+``GET /api/sessions/{id}`` broken (500), and optionally listing forbidden (403).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from notebook_kernels_mixer.backends import build_backend
+from notebook_kernels_mixer.backends.credentials import Credentials
+from notebook_kernels_mixer.backends.gateway import GatewayBackend
+from notebook_kernels_mixer.config import BackendConfig
+from notebook_kernels_mixer.errors import BackendError
+from tests.fakes import FakeJupyter
+
+
+class FakeGateway(FakeJupyter):
+    """Kernel Gateway as observed: its own sessions are unusable, listing may be forbidden."""
+
+    list_forbidden: bool = False
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        return web.json_response({"message": "Unhandled error"}, status=500)
+
+    async def patch_session(self, request: web.Request) -> web.Response:
+        return web.json_response({"message": "Unhandled error"}, status=500)
+
+    async def list_kernels(self, request: web.Request) -> web.Response:
+        if self.list_forbidden:
+            return web.json_response({"reason": "Forbidden", "message": "Forbidden"}, status=403)
+        return await super().list_kernels(request)
+
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        if self.list_forbidden:
+            return web.json_response({"reason": "Forbidden", "message": "Forbidden"}, status=403)
+        return await super().list_sessions(request)
+
+
+async def gateway(list_forbidden: bool = False) -> FakeGateway:
+    fake = FakeGateway("kg")
+    fake.list_forbidden = list_forbidden
+    return await fake.start()  # type: ignore[return-value]
+
+
+def nb(kernel: str) -> dict[str, Any]:
+    return {"path": "work/nb.ipynb", "name": "nb.ipynb", "type": "notebook",
+            "kernel": {"name": kernel}}
+
+
+def test_factory_builds_a_gateway_backend_unless_the_backend_keeps_sessions() -> None:
+    def build(sessions: str):
+        return build_backend(BackendConfig("kg", " (KG)", "http://127.0.0.1:1/", sessions=sessions))
+
+    assert isinstance(build("auto"), GatewayBackend)
+    assert isinstance(build("mixer"), GatewayBackend)
+    assert type(build("backend")).__name__ == "Backend"
+
+
+async def test_a_session_moves_onto_a_gateway_and_back(fakes, mixer) -> None:
+    local = await fakes("local")
+    kg = await gateway()
+    try:
+        m = await mixer([("local", local), ("kg", kg, {"sessions": "auto"})])
+        status, s = await m.call("POST", "/api/sessions", json=nb("local-python3"))
+        assert status == 201
+        sid, local_kernel = s["id"], s["kernel"]["id"]
+
+        status, moved = await m.call("PATCH", f"/api/sessions/{sid}",
+                                     json={"kernel": {"name": "kg-python3"}})
+        assert status == 200, moved
+        assert moved["id"] == sid and moved["kernel"]["name"] == "kg-python3"
+        assert moved["path"] == "work/nb.ipynb" and moved["type"] == "notebook"
+        kg_kernel = moved["kernel"]["id"]
+        assert kg_kernel in kg.kernels and local_kernel not in local.kernels
+        assert not kg.sessions  # kept by the mixer, not by the gateway's broken API
+        assert not any(s.path.startswith("/api/sessions") for s in kg.seen)
+
+        status, got = await m.call("GET", f"/api/sessions/{sid}")
+        assert status == 200 and got["kernel"]["id"] == kg_kernel
+        status, listed = await m.call("GET", "/api/sessions")
+        assert [(x["id"], x["kernel"]["name"]) for x in listed] == [(sid, "kg-python3")]
+
+        # rename within the gateway: forwarded to the mixer-kept record
+        status, renamed = await m.call("PATCH", f"/api/sessions/{sid}", json={"path": "b.ipynb"})
+        assert status == 200 and renamed["path"] == "b.ipynb"
+        assert renamed["kernel"]["id"] == kg_kernel
+
+        # a new kernel within the gateway replaces (and shuts down) the old one
+        status, again = await m.call("PATCH", f"/api/sessions/{sid}",
+                                     json={"kernel": {"name": "kg-python3"}})
+        assert status == 200 and again["kernel"]["id"] != kg_kernel
+        assert kg_kernel not in kg.kernels and again["kernel"]["id"] in kg.kernels
+
+        status, back = await m.call("PATCH", f"/api/sessions/{sid}",
+                                    json={"kernel": {"name": "local-python3"}})
+        assert status == 200 and back["id"] == sid and back["kernel"]["name"] == "local-python3"
+        assert not kg.kernels  # deleting the gateway session shut its kernel down
+        status, _ = await m.call("DELETE", f"/api/sessions/{sid}")
+        assert status == 204 and not local.kernels
+    finally:
+        await kg.stop()
+
+
+async def test_sessions_created_on_a_gateway_and_their_kernels(fakes, mixer) -> None:
+    local = await fakes("local")
+    kg = await gateway(list_forbidden=True)
+    try:
+        m = await mixer([("local", local), ("kg", kg, {"sessions": "mixer"})])
+        status, s = await m.call("POST", "/api/sessions", json=nb("kg-python3"))
+        assert status == 201 and s["kernel"]["name"] == "kg-python3"
+        kernel_id = s["kernel"]["id"]
+        # listing is forbidden on the gateway: the mixer lists the kernels it started
+        status, kernels = await m.call("GET", "/api/kernels")
+        assert status == 200 and [k["id"] for k in kernels] == [kernel_id]
+        status, sessions = await m.call("GET", "/api/sessions")
+        assert [x["id"] for x in sessions] == [s["id"]]
+        # the kernel dies behind the mixer's back: its session is gone too
+        kg.kernels.clear()
+        status, sessions = await m.call("GET", "/api/sessions")
+        assert status == 200 and sessions == []
+        status, _ = await m.call("GET", f"/api/sessions/{s['id']}")
+        assert status == 404
+        status, kernels = await m.call("GET", "/api/kernels")
+        assert status == 200 and kernels == []
+        # a kernel the gateway refuses to start is its own error, passed on; no session kept
+        kg.fail_status = 500
+        status, err = await m.call("POST", "/api/sessions", json=nb("kg-python3"))
+        assert status == 500 and err["message"] == "kg fails"
+        kg.fail_status = None
+        status, sessions = await m.call("GET", "/api/sessions")
+        assert status == 200 and sessions == []
+    finally:
+        await kg.stop()
+
+
+async def test_auto_asks_the_backend_once() -> None:
+    answers = {"status": 200}
+    asked = []
+
+    async def api_status(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response({}, status=answers["status"])
+
+    app = web.Application()
+    app.router.add_get("/api/status", api_status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        for status, mode in ((200, "backend"), (404, "mixer")):
+            answers["status"] = status
+            backend = GatewayBackend(BackendConfig("b", "", url, sessions="auto"), Credentials())
+            await backend.start()
+            assert await backend.sessions_mode() == mode
+            assert await backend.sessions_mode() == mode
+            await backend.close()
+        assert len(asked) == 2  # once per backend
+        answers["status"] = 401
+        backend = GatewayBackend(BackendConfig("b", "", url, sessions="auto"), Credentials())
+        await backend.start()
+        with pytest.raises(BackendError, match="cannot tell whether it keeps sessions"):
+            await backend.sessions_mode()
+        await backend.close()
+        # Google's kernel service keeps its own sessions; it is not asked
+        google = GatewayBackend(BackendConfig("g", "", url, auth="google-adc", sessions="auto"),
+                                Credentials())
+        assert await google.sessions_mode() == "backend"
+        assert len(asked) == 3
+    finally:
+        await runner.cleanup()
