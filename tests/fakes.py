@@ -24,6 +24,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
 
 @dataclass
@@ -83,7 +84,9 @@ class FakeJupyter:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         body = await request.read()
-        self.seen.append(Seen(request.method, request.path, dict(request.headers), body))
+        self.seen.append(
+            Seen(request.method, request.path, dict(request.headers), body, request.query_string)
+        )
         if self.token is not None:
             auth = request.headers.get("Authorization", "")
             if auth not in (f"token {self.token}", f"Bearer {self.token}"):

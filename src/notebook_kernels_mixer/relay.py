@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -50,6 +53,8 @@ class Relay:
         self.max_backend_message = max_backend_message
         self.external_hostname = external_hostname
         self._live: set[web.WebSocketResponse] = set()
+        # (backend, path, session_id) -> relays open or opening with that kernel session
+        self._sessions: Counter[tuple[str, str, str]] = Counter()
 
     @property
     def live(self) -> int:
@@ -71,12 +76,56 @@ class Relay:
         *,
         on_missing: Callable[[], object] | None = None,
     ) -> web.StreamResponse:
+        with self._kernel_session(request, backend, path) as query:
+            return await self._relay(request, backend, path, query, on_missing)
+
+    @contextlib.contextmanager
+    def _kernel_session(self, request: web.Request, backend: Backend, path: str) -> Iterator[str]:
+        """The query string for the backend, with a ``session_id`` of its own if that
+        kernel session already has a socket open through the mixer.
+
+        JupyterLab behind a gateway-mode front abandons its first socket (it offers a
+        subprotocol the front declines and reconnects at once), and the front keeps its
+        side of the abandoned socket open. The backend gives sockets with one
+        ``session_id`` one ZMQ identity, so the kernel's replies may go to the abandoned
+        one and the notebook hangs. A second concurrent socket therefore gets a session
+        of its own; a reconnect after the first closed keeps the original id, so the
+        backend's replay of missed messages still works.
+        """
+        query = request.rel_url.raw_query_string
+        session_id = request.rel_url.query.get("session_id", "")
+        if not session_id:
+            yield query
+            return
+        key = (backend.name, path, session_id)
+        if self._sessions[key]:
+            params = request.rel_url.query.copy()
+            params["session_id"] = f"{session_id}.{uuid.uuid4().hex[:12]}"
+            query = urlencode(list(params.items()))
+            log.info("websocket %s: session %s already open; this socket gets its own",
+                     path, session_id)
+        self._sessions[key] += 1
+        try:
+            yield query
+        finally:
+            self._sessions[key] -= 1
+            if not self._sessions[key]:
+                del self._sessions[key]
+
+    async def _relay(
+        self,
+        request: web.Request,
+        backend: Backend,
+        path: str,
+        query: str,
+        on_missing: Callable[[], object] | None,
+    ) -> web.StreamResponse:
         offered = _offered_protocols(request)
         headers = backend.origin_headers(request.headers, request.host, self.external_hostname)
         try:
             upstream = await backend.ws_connect(
                 path,
-                query=request.rel_url.raw_query_string,
+                query=query,
                 protocols=offered,
                 headers=headers,
                 max_msg_size=self.max_backend_message,

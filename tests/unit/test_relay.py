@@ -107,3 +107,30 @@ async def test_unknown_kernel_websocket_is_404(fakes, mixer) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await m.session.ws_connect(url, headers={"token": TOKEN})
     assert info.value.status == 404
+
+
+async def test_concurrent_sockets_of_one_session_get_their_own_backend_session(fakes, mixer):
+    # JupyterLab behind a gateway-mode front leaves an abandoned socket open with the
+    # same session_id; the backend would route the kernel's replies by that id.
+    local, m, url = await setup(fakes, mixer)
+    first = await m.session.ws_connect(url, headers={"token": TOKEN})
+    second = await m.session.ws_connect(url, headers={"token": TOKEN})
+    for ws, text in ((first, "one"), (second, "two")):
+        await ws.send_str(text)
+        assert (await ws.receive(timeout=5)).data == text
+    await first.close()
+    await second.close()
+    await settle_relays(m)
+    third = await m.session.ws_connect(url, headers={"token": TOKEN})
+    await third.close()
+    sessions = [s.query for s in local.seen if s.path.endswith("/channels")]
+    assert sessions[0] == "session_id=s1" and sessions[2] == "session_id=s1"
+    assert sessions[1].startswith("session_id=s1.") and sessions[1] != sessions[0]
+
+
+async def settle_relays(m) -> None:
+    for _ in range(100):
+        if m.app[RELAY].live == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("relays still open")
