@@ -34,11 +34,7 @@ def build_app(config: MixerConfig, backends: list[Backend] | None = None) -> web
     """The mixer as an aiohttp app; ``backends`` may be given (tests), else built."""
     backends = backends if backends is not None else [build_backend(b) for b in config.backends]
     registry = Registry(backends, default=config.default_backend, local=config.local_backend)
-    relay = Relay(
-        max_client_message=config.max_ws_message_bytes,
-        max_backend_message=config.max_ws_message_bytes,
-        external_hostname=config.external_hostname,
-    )
+    relay = Relay(external_hostname=config.external_hostname)
     cache = KernelspecsCache(config.kernelspecs_ttl)
     app = web.Application(
         middlewares=[errors, access_logger(config), protector(config)],
@@ -81,7 +77,8 @@ async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> N
     await runner.setup()
     bound = []
     for host in config.hosts:
-        site = web.TCPSite(runner, host, config.port, reuse_address=True)
+        # backlog: 200 kernels reconnecting at once must not overflow the accept queue
+        site = web.TCPSite(runner, host, config.port, reuse_address=True, backlog=1024)
         try:
             await site.start()
             bound.append(host)

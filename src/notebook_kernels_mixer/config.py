@@ -125,7 +125,6 @@ class MixerConfig:
     #: Extra websocket Origins (scheme://host[:port]) admitted besides loopback ones.
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
-    max_ws_message_bytes: int = 256 * 1024 * 1024
     #: How long merged kernelspecs are served without asking the backends again.
     kernelspecs_ttl: float = 2.0
     log: LogConfig = LogConfig()

@@ -113,3 +113,15 @@ async def mixer() -> AsyncIterator[MixerFactory]:
         await session.close()
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy():  # type: ignore[no-untyped-def]
+    """The mixer runs on uvloop when it is installed (cli.run); so do its unit tests."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.DefaultEventLoopPolicy()
+    return uvloop.EventLoopPolicy()

@@ -156,3 +156,35 @@ async def test_backend_comes_back(fakes, mixer) -> None:
         await asyncio.sleep(0.1)
     assert "remote-python3" in specs["kernelspecs"]
     assert specs["default"] == "remote-python3"
+
+
+async def test_listing_older_than_a_move_does_not_undo_it(fakes, mixer) -> None:
+    # JupyterLab polls /api/sessions while the user switches kernels (issue 5 soak).
+    import asyncio
+
+    local, remote, m = await two(fakes, mixer)
+    status, s = await m.call("POST", "/api/sessions",
+                             json={"path": "a.ipynb", "kernel": {"name": "local-python3"}})
+    local.delay = 0.3  # the listing's answer from local is taken before the move deletes
+    listing = asyncio.ensure_future(m.call("GET", "/api/sessions"))
+    await asyncio.sleep(0.05)
+    local.delay = 0.0
+    status, moved = await m.call("PATCH", f"/api/sessions/{s['id']}",
+                                 json={"kernel": {"name": "remote-python3"}})
+    assert status == 200 and moved["kernel"]["name"] == "remote-python3"
+    status, listed = await listing
+    assert status == 200
+    assert [x["id"] for x in listed].count(s["id"]) <= 1
+    status, got = await m.call("GET", f"/api/sessions/{s['id']}")
+    assert status == 200 and got["kernel"]["name"] == "remote-python3"
+
+
+async def test_move_keeps_empty_fields_and_null_kernel_is_400(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    status, s = await m.call("POST", "/api/sessions", json={
+        "path": "a.ipynb", "name": "", "type": "notebook", "kernel": {"name": "local-python3"}})
+    status, moved = await m.call("PATCH", f"/api/sessions/{s['id']}",
+                                 json={"kernel": {"name": "remote-python3"}})
+    assert status == 200 and moved["name"] == ""
+    status, err = await m.call("POST", "/api/sessions", json={"path": "b", "kernel": None})
+    assert status == 400 and "'kernel'" in err["message"]

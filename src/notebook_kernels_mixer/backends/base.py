@@ -1,7 +1,7 @@
 """The Backend abstraction: one Jupyter-API server the mixer can send work to.
 
 A backend owns its connection pool, credentials, timeouts and health. Every request
-the mixer makes goes through ``Backend.request``/``ws_connect``/``open_stream``, so
+the mixer makes goes through ``Backend.request``/``open_upgrade``/``open_stream``, so
 network and HTTP failures are mapped to the error tree (``errors``) in one place and
 the health record (used by merged listings to skip a dead backend) is always current.
 """
@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -23,17 +25,30 @@ from yarl import URL
 
 from notebook_kernels_mixer import jsonutil
 from notebook_kernels_mixer.backends.credentials import CredentialError, Credentials
+from notebook_kernels_mixer.backends.upgrade import UpgradeConnection, UpgradeError
 from notebook_kernels_mixer.config import BackendConfig
 from notebook_kernels_mixer.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    BadRequest,
     NotFound,
 )
 
 log = logging.getLogger(__name__)
 
 _XSRF = "mixer-" + secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """A backend connection that answered a websocket upgrade with 101."""
+
+    transport: asyncio.Transport
+    connection: UpgradeConnection
+    headers: CIMultiDict[str]
+    #: Bytes the backend sent right after its head (already websocket frames).
+    rest: bytes
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,8 @@ class Backend:
         self._origin = f"{self.url.scheme}://{self.url.raw_authority}"
         self.health = Health(self.name, self._probe)
         self._session: aiohttp.ClientSession | None = None
+        self._addresses: tuple[float, list[tuple[int, Any]]] | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -292,53 +309,76 @@ class Backend:
             self.health.failure(error)
             raise error from None
 
-    async def ws_connect(
-        self,
-        path: str,
-        *,
-        query: str = "",
-        protocols: tuple[str, ...] = (),
-        headers: Mapping[str, str] | None = None,
-        max_msg_size: int = 0,
-        timeout: float | None = None,
-    ) -> aiohttp.ClientWebSocketResponse:
-        """Open a websocket to the backend (credentials, one retry on 401/403)."""
+    async def open_upgrade(
+        self, path: str, *, query: str = "", headers: Mapping[str, str]
+    ) -> Upgrade:
+        """Send a websocket upgrade (the client's handshake headers plus this backend's
+        credentials) on a new raw connection; return it once the backend said 101.
+
+        The relay then splices the connection with the client's (``backends.upgrade``).
+        A 401/403 is retried once with fresh credentials; 404 means no such kernel.
+        """
         url = self.url_for(path, query)
-        if url.scheme in ("http", "https"):
-            url = url.with_scheme("ws" if url.scheme == "http" else "wss")
-        limit = timeout or self.config.request_timeout
+        limit = self.config.request_timeout
+        for name, value in headers.items():
+            if any(c in name or c in value for c in "\r\n\0"):
+                raise BadRequest(f"invalid characters in header {name!r}")
         for attempt in (1, 2):
             auth = await self.auth_headers()
-            send = {**(headers or {}), **auth}
+            lines = [f"GET {url.raw_path_qs} HTTP/1.1", f"Host: {url.raw_authority}"]
+            lines += [f"{k}: {v}" for k, v in {**headers, **auth}.items()]
+            started = time.perf_counter()
+            transport: asyncio.Transport | None = None
             try:
-                # wait_for bounds the handshake: a backend that accepts the TCP
-                # connection but never answers the upgrade must not hold the client.
-                ws = await asyncio.wait_for(
-                    self.session.ws_connect(
-                        url,
-                        protocols=protocols,
-                        headers=send,
-                        autoping=False,  # pings and pongs are relayed, not answered here
-                        max_msg_size=max_msg_size,
-                        compress=0,
-                        timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=limit),
-                    ),
-                    limit,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                if exc.status in (401, 403) and attempt == 1 and self.credentials.rejected(auth):
-                    continue
-                if exc.status == 404:
-                    raise NotFound(f"backend {self.name!r} has no such kernel") from None
-                raise BackendError(
-                    self.name, f"refused the websocket for {path}: HTTP {exc.status}"
-                ) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                error = self._map_error(exc, f"websocket {path}")
+                transport, conn = await asyncio.wait_for(self._connect(url), limit)
+                transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+                status, answer, rest = await asyncio.wait_for(conn.head, limit)
+            except (OSError, asyncio.TimeoutError, UpgradeError) as exc:
+                if transport is not None:
+                    transport.close()
+                cause = (f"{exc} to the websocket upgrade for {path}" if isinstance(exc, UpgradeError)
+                         else None)
+                error = (BackendError(self.name, cause) if cause
+                         else self._map_error(exc, f"websocket upgrade for {path}"))
                 self.health.failure(error)
                 raise error from None
-            return ws
+            if status == 101:
+                self.health.success(time.perf_counter() - started)
+                return Upgrade(transport, conn, answer, rest)
+            transport.close()
+            if status in (401, 403) and attempt == 1 and self.credentials.rejected(auth):
+                continue
+            if status == 404:
+                raise NotFound(f"backend {self.name!r} has no such kernel")
+            raise BackendError(self.name, f"refused the websocket for {path}: HTTP {status}")
         raise AssertionError("unreachable")
+
+    async def _connect(self, url: URL) -> tuple[asyncio.Transport, UpgradeConnection]:
+        """A new TCP (or TLS) connection; addresses are resolved once a minute, not per
+        connection (200 kernels reconnecting at once must not queue on getaddrinfo)."""
+        loop = asyncio.get_running_loop()
+        host, port = url.host or "localhost", url.port or (443 if url.scheme == "https" else 80)
+        now = time.monotonic()
+        if self._addresses is None or now > self._addresses[0]:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            self._addresses = (now + 60.0, [(info[0], info[4]) for info in infos])
+        if url.scheme == "https" and self._ssl is None:
+            # Loading the CA bundle reads files: not on the event loop.
+            self._ssl = await asyncio.to_thread(ssl.create_default_context)
+        last: OSError | None = None
+        for family, address in self._addresses[1]:
+            try:
+                transport, conn = await loop.create_connection(
+                    UpgradeConnection, address[0], address[1], family=family,
+                    ssl=self._ssl if url.scheme == "https" else None,
+                    server_hostname=host if url.scheme == "https" else None,
+                )
+            except OSError as exc:
+                last = exc
+                continue
+            return cast(asyncio.Transport, transport), conn
+        self._addresses = None
+        raise last or OSError(f"no address for {host}")
 
     async def _probe(self) -> object:
         return await self.request("GET", "/api/kernelspecs", timeout=self.config.request_timeout)

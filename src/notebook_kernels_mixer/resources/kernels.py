@@ -61,12 +61,15 @@ class KernelsHandlers:
         ]
 
     async def _list_one(self, backend: Backend) -> list[dict[str, Any]]:
-        status, answer = await backend.request_json(
-            "GET", "/api/kernels", timeout=backend.config.list_timeout
-        )
-        if status != 200:
-            raise BackendError(backend.name, f"answered HTTP {status} to GET /api/kernels")
-        kernels = translate_kernels(answer, backend.name)
+        for attempt in (1, 2):
+            resp = await backend.request("GET", "/api/kernels", timeout=backend.config.list_timeout)
+            # jupyter_server 2.21 sometimes answers 500 while a kernel is starting
+            # (last_activity still None); a second look a moment later is fine.
+            if resp.status < 500 or attempt == 2:
+                break
+        if resp.status != 200:
+            raise BackendError(backend.name, f"answered HTTP {resp.status} to GET /api/kernels")
+        kernels = translate_kernels(resp.json(), backend.name)
         for kernel in kernels:
             self.registry.remember_kernel(kernel["id"], backend)
         return kernels

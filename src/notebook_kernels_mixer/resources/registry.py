@@ -70,6 +70,16 @@ class Registry:
         if client_sid != backend_sid:
             self._session_ids[(backend.name, backend_sid)] = client_sid
 
+    def learn_session(self, client_sid: str, backend: Backend, backend_sid: str) -> bool:
+        """Record a session seen in a listing, unless the mixer knows that client id to
+        be elsewhere: then the listing is older than a move (SPEC §4) and must not
+        undo it. Returns whether the session belongs in the listing."""
+        known = self._sessions.get(client_sid)
+        if known is not None and (known[0] is not backend or known[1] != backend_sid):
+            return False
+        self.remember_session(client_sid, backend, backend_sid)
+        return True
+
     def forget_session(self, client_sid: str) -> None:
         old = self._sessions.pop(client_sid, None)
         if old is not None:

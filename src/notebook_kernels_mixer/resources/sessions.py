@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend, BackendResponse
-from notebook_kernels_mixer.errors import BackendError, NotFound
+from notebook_kernels_mixer.errors import BackendError, BadRequest, NotFound
 from notebook_kernels_mixer.resources.common import (
     field,
     json_response,
@@ -44,6 +44,9 @@ def translate_session(model: Any, backend: str, client_id: str | None = None) ->
 
 
 def _kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
+    if "kernel" in body and body["kernel"] is None:
+        # jupyter_server answers this with a 500 (AttributeError); say what is wrong.
+        raise BadRequest("'kernel' must be an object, not null")
     kernel = field(body, "kernel", dict, "an object")
     if kernel is not None:
         field(kernel, "name", str, "a string")
@@ -97,7 +100,8 @@ class SessionsHandlers:
             if not isinstance(model, dict) or not isinstance(model.get("id"), str):
                 continue
             client_id = self.registry.client_session_id(backend, model["id"])
-            self.registry.remember_session(client_id, backend, model["id"])
+            if not self.registry.learn_session(client_id, backend, model["id"]):
+                continue  # a stale copy: the session moved while this list was on its way
             self._remember_kernel(model, backend)
             out.append(translate_session(model, backend.name, client_id))
         return out
@@ -170,7 +174,7 @@ class SessionsHandlers:
         model = current.json()
         if not isinstance(model, dict):
             raise BackendError(old.name, "answered something that is not a session model")
-        create = {f: body.get(f, model.get(f)) for f in _MODEL_FIELDS if body.get(f, model.get(f))}
+        create = {f: v for f in _MODEL_FIELDS if (v := body.get(f, model.get(f))) is not None}
         create["kernel"] = kernel
         created = await new.request("POST", "/api/sessions", json=create)
         if not created.ok:

@@ -1,0 +1,1 @@
+"""Soak test of the mixer: ``python -m tests.soak --duration SECONDS`` (see ``soak.py``)."""
