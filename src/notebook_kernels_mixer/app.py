@@ -78,7 +78,7 @@ async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> N
     bound = []
     for host in config.hosts:
         # backlog: 200 kernels reconnecting at once must not overflow the accept queue
-        site = web.TCPSite(runner, host, config.port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(runner, host.strip("[]"), config.port, reuse_address=True, backlog=1024)
         try:
             await site.start()
             bound.append(host)

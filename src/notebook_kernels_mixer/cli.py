@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from notebook_kernels_mixer import __version__
 from notebook_kernels_mixer.config import (
+    LOOPBACK_HOSTS,
     BackendConfig,
     ConfigError,
     LogConfig,
@@ -79,6 +80,14 @@ def mixer_parser() -> argparse.ArgumentParser:
     _flag(parser, "config", action="append", default=[], metavar="FILE",
           help="TOML file declaring backends (see examples/mixer.toml); may be repeated. "
                "Flags given on the command line override the file (README: Config file)")
+    _flag(parser, "listen", action="append", default=None, metavar="ADDRESS",
+          help="address to listen on, repeatable (default: [::1] and 127.0.0.1); a "
+               "non-loopback address also needs --allow-non-loopback")
+    _flag(parser, "allow-non-loopback", action="store_true",
+          help="allow --listen on addresses other than loopback: anyone who can reach "
+               "them and knows the token controls your kernels (see SECURITY.md)")
+    _flag(parser, "allow-origin", action="append", default=[], metavar="ORIGIN",
+          help="also admit websockets from this Origin (scheme://host[:port]), repeatable")
     _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log level")
     parser.add_argument("--version", action="version", version=f"mixer {__version__}")
@@ -129,6 +138,9 @@ def config_from_args(args: argparse.Namespace) -> MixerConfig:
         default_backend=backends[-1].name,
         local_backend="local",
         port=args.port,
+        hosts=tuple(args.listen) if args.listen else LOOPBACK_HOSTS,
+        allow_non_loopback=args.allow_non_loopback,
+        allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
         token=args.jupyter_token,
         external_hostname=args.external_hostname,
         log=LogConfig(

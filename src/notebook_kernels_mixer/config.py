@@ -6,6 +6,7 @@ each with its own configuration, in one process.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -27,6 +28,13 @@ _UNIT_SECONDS = {
     "m": 60.0,
     "h": 3600.0,
 }
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class ConfigError(ValueError):
@@ -119,6 +127,10 @@ class MixerConfig:
     local_backend: str
     port: int = 8081
     hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    #: Listening on a non-loopback address exposes the user's kernels (and cloud
+    #: credentials) to the network; it takes this explicit opt-in (SECURITY.md).
+    allow_non_loopback: bool = False
+    #: Extra websocket Origins (scheme://host[:port]) admitted besides loopback ones.
     #: Token clients must present; ``None`` admits everyone (loopback only!).
     token: str | None = field(default=None, repr=False)
     external_hostname: str | None = None
@@ -139,6 +151,12 @@ class MixerConfig:
         for role, name in (("default", self.default_backend), ("local", self.local_backend)):
             if name not in names:
                 raise ConfigError(f"{role} backend {name!r} is not configured")
+        exposed = [h for h in self.hosts if not is_loopback(h)]
+        if exposed and not self.allow_non_loopback:
+            raise ConfigError(
+                f"refusing to listen on non-loopback address {', '.join(exposed)}: the mixer is "
+                "not an access-control layer (SECURITY.md); add --allow-non-loopback to do it anyway"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")
 

@@ -88,3 +88,21 @@ def test_help_explains_every_flag(capsys) -> None:
                  "--log-all-request-headers", "--log-all-request-responses",
                  "--log-all-response-bodies"):
         assert flag in out
+
+
+def test_non_loopback_listening_needs_explicit_flag() -> None:
+    with pytest.raises(ConfigError, match="allow-non-loopback"):
+        config("--listen=0.0.0.0")
+    with pytest.raises(ConfigError, match="192.168.1.5"):
+        config("--listen=::1", "--listen=192.168.1.5")
+    assert config("--listen=127.0.0.1").hosts == ("127.0.0.1",)
+    assert config("--listen=localhost", "--listen=[::1]").hosts == ("localhost", "[::1]")
+    cfg = config("--listen=0.0.0.0", "--allow-non-loopback", "--allow-origin=https://lab.example/")
+    assert cfg.hosts == ("0.0.0.0",) and cfg.allowed_origins == ("https://lab.example",)
+
+
+def test_non_loopback_refusal_exits_with_a_message(capsys) -> None:
+    from notebook_kernels_mixer.cli import main
+
+    assert main(["--listen=0.0.0.0"]) == 2
+    assert "non-loopback" in capsys.readouterr().err
