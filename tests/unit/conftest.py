@@ -115,13 +115,12 @@ async def mixer() -> AsyncIterator[MixerFactory]:
         await runner.cleanup()
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy():  # type: ignore[no-untyped-def]
+def pytest_asyncio_loop_factories(config, item):  # type: ignore[no-untyped-def]
     """The mixer runs on uvloop when it is installed (cli.run); so do its unit tests."""
     try:
         import uvloop
     except ImportError:
         import asyncio
 
-        return asyncio.DefaultEventLoopPolicy()
-    return uvloop.EventLoopPolicy()
+        return {"asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
