@@ -93,7 +93,7 @@ def test_help_explains_every_flag(capsys) -> None:
 def test_non_loopback_listening_needs_explicit_flag() -> None:
     with pytest.raises(ConfigError, match="allow-non-loopback"):
         config("--listen=0.0.0.0")
-    with pytest.raises(ConfigError, match="192.168.1.5"):
+    with pytest.raises(ConfigError, match=r"192\.168\.1\.5"):
         config("--listen=::1", "--listen=192.168.1.5")
     assert config("--listen=127.0.0.1").hosts == ("127.0.0.1",)
     assert config("--listen=localhost", "--listen=[::1]").hosts == ("localhost", "[::1]")

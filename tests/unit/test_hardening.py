@@ -25,6 +25,22 @@ async def settle(relay, timeout: float = 5.0) -> None:
     raise AssertionError(f"{relay.live} relayed websockets still open")
 
 
+async def raw_upgrade(base: str, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A websocket handshake by hand, so that the test can then send anything at all."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    path = url.split(port, 1)[1]
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"token: {TOKEN}\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
 async def kernel_url(fakes, mixer, **config):
     local = await fakes("local")
     kernel = local._new_kernel("python3")
@@ -49,17 +65,7 @@ async def test_oversized_client_frame_closes_both_sides(fakes, mixer) -> None:
 
 async def test_garbage_frames_close_the_relay(fakes, mixer) -> None:
     local, m, url = await kernel_url(fakes, mixer)
-    host, port = m.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    path = url.split(port, 1)[1]
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"token: {TOKEN}\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 101")
+    reader, writer = await raw_upgrade(m.url, url)
     writer.write(b"\xff\xff\xff\xff garbage that is no websocket frame \x00\x01")
     await writer.drain()
     rest = await asyncio.wait_for(reader.read(), 5)  # the mixer closes on us
@@ -90,15 +96,7 @@ async def test_backend_dying_mid_message_closes_client(fakes, mixer) -> None:
 
 async def test_client_vanishing_mid_message(fakes, mixer) -> None:
     local, m, url = await kernel_url(fakes, mixer)
-    host, port = m.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    path = url.split(port, 1)[1]
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\ntoken: {TOKEN}\r\n\r\n".encode()
-    )
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    reader, writer = await raw_upgrade(m.url, url)
     for _ in range(50):  # the relay is up once the mixer counts it
         if m.app[RELAY].live:
             break
