@@ -111,7 +111,7 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -399,10 +399,10 @@ class Lab:
         # Kernels their server did not shut down (it was killed, or too slow).
         leftovers = {pid for c in self.children for pid in c.known_descendants}
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and any(_alive(p) for p in leftovers):
+        while time.monotonic() < deadline and any(is_alive(p) for p in leftovers):
             time.sleep(0.1)
         for pid in leftovers:
-            if _alive(pid):
+            if is_alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 

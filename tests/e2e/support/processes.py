@@ -20,6 +20,9 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from notebook_kernels_mixer.launcher import descendants
+from notebook_kernels_mixer.launcher import is_alive as _alive
+
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -33,51 +36,6 @@ def http_status(url: str, headers: Mapping[str, str] | None = None, timeout: flo
         return e.code
     except (OSError, ValueError):
         return 0
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: split after the last ')'
-        fields = stat[stat.rfind(")") + 2 :].split()
-        with contextlib.suppress(IndexError, ValueError):
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (Linux /proc)."""
-    if not Path("/proc").is_dir():
-        return []
-    children = _children_map()
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not alive for our purposes
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat[stat.rfind(")") + 2 :].split()[0] == "Z":
-            return False
-    return True
 
 
 def _redact_arg(arg: str) -> str:
