@@ -45,9 +45,9 @@ from pathlib import Path
 from types import FrameType
 
 from notebook_kernels_mixer.config import ConfigError
+from notebook_kernels_mixer.processes import LOOPBACK, descendants, free_port, http_status, is_alive
 
 PYTHON = sys.executable
-LOOPBACK = "127.0.0.1"
 #: Environment variables through which the launcher hands tokens to its children.
 LOCAL_TOKEN_ENV = "MIXER_LAB_LOCAL_TOKEN"
 DEMO_TOKEN_ENV = "MIXER_LAB_DEMO_TOKEN"
@@ -55,7 +55,6 @@ DEMO_TOKEN_ENV = "MIXER_LAB_DEMO_TOKEN"
 WHERE_ENV = "MIXER_LAB_BACKEND"
 # Variables of the user's environment that would rewire the children.
 _SCRUB = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_GATEWAY_", "JUPYTER_PORT")
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class LabError(Exception):
@@ -63,68 +62,6 @@ class LabError(Exception):
 
 
 # -- small helpers ---------------------------------------------------------------------------
-def free_port(preferred: int | None = None) -> int:
-    """``preferred`` if it is free on the loopback, else a free port chosen by the kernel."""
-    if preferred:
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, preferred))
-                return preferred
-            except OSError:
-                pass
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def http_status(url: str, headers: Mapping[str, str], timeout: float = 5.0) -> int:
-    try:
-        with _NO_PROXY.open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (OSError, ValueError):
-        return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` from /proc (Linux); [] elsewhere."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat[stat.rfind(")") + 2:].split()[0] == "Z":
-            return False
-    return True
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: the child gets SIGTERM when the launcher dies, even by SIGKILL."""
     with contextlib.suppress(Exception):

@@ -20,8 +20,8 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from notebook_kernels_mixer.launcher import descendants
-from notebook_kernels_mixer.launcher import is_alive as _alive
+from notebook_kernels_mixer.processes import descendants
+from notebook_kernels_mixer.processes import is_alive as _alive
 
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
