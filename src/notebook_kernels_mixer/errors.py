@@ -8,12 +8,20 @@ JSON answers, so no handler formats an error itself::
     ├── Forbidden             403  missing/wrong token, XSRF mismatch, foreign Origin
     ├── NotFound              404  unknown kernel, session or kernelspec
     ├── PayloadTooLarge       413  body over the limit
+    ├── UpstreamError         4xx/5xx  a backend answered an error; handed on as it said it
     └── BackendError          502  a backend answered garbage or could not be reached
-        ├── BackendUnavailable 503 circuit open, or no credentials for it
+        ├── BackendUnavailable 503 backend down, or no credentials for it
         └── BackendTimeout     504 a backend did not answer within its timeout
+
+Every error knows its answer (``headers``/``body``), so the middleware that renders
+them has no case for any kind.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+from notebook_kernels_mixer import jsonutil
 
 
 class MixerError(Exception):
@@ -23,6 +31,14 @@ class MixerError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"X-Mixer-Error": "mixer", "Content-Type": "application/json"}
+
+    @property
+    def body(self) -> bytes:
+        return jsonutil.dumps({"message": self.message, "reason": self.reason})
 
 
 class BadRequest(MixerError):
@@ -43,6 +59,27 @@ class NotFound(MixerError):
 class PayloadTooLarge(MixerError):
     status = 413
     reason = "Payload Too Large"
+
+
+class UpstreamError(MixerError):
+    """A backend answered with an error status (an unknown spec, a refused user, …):
+    the client gets that answer as the backend gave it, marked with the backend's name."""
+
+    def __init__(self, backend: str, status: int, body: bytes, content_type: str | None) -> None:
+        super().__init__(f"backend {backend!r} answered HTTP {status}")
+        self.backend = backend
+        self.status = status
+        self.reason = ""
+        self._body = body
+        self._content_type = content_type or "application/json"
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"X-Mixer-Backend": self.backend, "Content-Type": self._content_type}
+
+    @property
+    def body(self) -> bytes:
+        return self._body
 
 
 class BackendError(MixerError):

@@ -39,6 +39,11 @@ def error_response(status: int, reason: str, message: str) -> web.Response:
     )
 
 
+def mixer_error_response(exc: MixerError) -> web.Response:
+    """The answer an error of the tree asks for (``errors``: headers and body)."""
+    return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -46,9 +51,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except BackendError as exc:
         # Expected network failure: one line, no stack trace.
         log.warning("%s %s: %s", request.method, request.path, exc.message)
-        return error_response(exc.status, exc.reason, exc.message)
+        return mixer_error_response(exc)
     except MixerError as exc:
-        return error_response(exc.status, exc.reason, exc.message)
+        return mixer_error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
