@@ -1,20 +1,26 @@
-"""Acceptance 5: remote credentials from gcloud, rotation, failure, and no token in logs."""
+"""Acceptance 5: remote credentials from gcloud, rotation, failure, and no token in logs;
+issue 11: account switches picked up, no gcloud left behind at shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import time
 import uuid
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
-from .conftest import Tokens
+from notebook_kernels_mixer.processes import is_alive
+
 from .helpers import WHERE, channels_path, error_message, spec_names, where
 from .support import topology
 from .support.api import ApiClient, wait_until
 from .support.fake_gcloud import FakeGcloud
 from .support.kernel_client import KernelConnection, execute
+from .support.stack import Tokens
 from .support.topology import JupyterServer, Mixer
 
 pytestmark = pytest.mark.e2e
@@ -253,3 +259,96 @@ async def _exercise(
     # wrong tokens get refused (and are not secrets of ours, so not checked for)
     resp = await editor.get("/api/kernels", headers={"Authorization": "token wrong"})
     assert resp.status == 403, resp.describe()
+
+
+# -- issue 11 items 4 and 5: a mixer that watches the stand-in's gcloud configuration ----------
+
+
+@pytest.fixture
+def watching_mixer(
+    e2e_dir, local_server: JupyterServer, remote_server: JupyterServer, tokens: Tokens, gcloud: FakeGcloud
+) -> Iterator[Mixer]:
+    """A mixer of its own, with ``CLOUDSDK_CONFIG`` at the stand-in's configuration."""
+    m = topology.mixer(
+        e2e_dir, name=f"mixer-gcloudcfg-{uuid.uuid4().hex[:6]}", local=local_server,
+        remote=remote_server, token=tokens.jupyter, gcloud=gcloud,
+    )  # fmt: skip
+    m.process.env.update(gcloud.env())
+    m.start()
+    try:
+        yield m
+    finally:
+        gcloud.hang(0)
+        m.stop()
+
+
+def _refusals(remote: JupyterServer) -> int:
+    """Requests the remote refused for a stale or wrong bearer token, so far."""
+    return remote.process.log_text().count("stale or wrong bearer token")
+
+
+async def test_account_switch_is_picked_up_by_the_next_request(
+    http: aiohttp.ClientSession,
+    watching_mixer: Mixer,
+    remote_server: JupyterServer,
+    gcloud: FakeGcloud,
+    tokens: Tokens,
+) -> None:
+    api = ApiClient(http, watching_mixer.url, auth=watching_mixer.auth, xsrf=tokens.xsrf, name="mixer")
+    await wait_until(lambda: _remote_is_usable(api), timeout=30, what="remote usable")
+    runs = gcloud.run_count()
+    for _ in range(10):  # no switch: no gcloud run
+        assert await _remote_is_usable(api)
+    assert gcloud.run_count() == runs
+    refused = _refusals(remote_server)
+
+    gcloud.switch_account("switched@example.com")  # the remote now takes only its token
+    await asyncio.sleep(1.2)  # the mixer looks at the configuration once a second at most
+    resp = await api.get("/api/kernelspecs/remote-python3")
+    assert resp.status == 200, resp.describe()
+    # the first request after the switch carried the new identity's token: the remote
+    # refused nothing (a refresh after a refusal would also end in a 200)
+    assert _refusals(remote_server) == refused, "the old identity's token was sent after the switch"
+    assert gcloud.run_count() == runs + 1 and gcloud.account == "switched@example.com"
+    for _ in range(10):
+        assert await _remote_is_usable(api)
+    assert gcloud.run_count() == runs + 1
+
+
+async def test_no_gcloud_outlives_the_mixer(
+    http: aiohttp.ClientSession, watching_mixer: Mixer, gcloud: FakeGcloud, tokens: Tokens
+) -> None:
+    api = ApiClient(http, watching_mixer.url, auth=watching_mixer.auth, xsrf=tokens.xsrf, name="mixer")
+    await wait_until(lambda: _remote_is_usable(api), timeout=30, what="remote usable")
+    runs = gcloud.run_count()
+    gcloud.hang(120)
+    gcloud.switch_account("hanging@example.com")  # the next request needs a new token
+    await asyncio.sleep(1.2)
+    pending = asyncio.ensure_future(api.get("/api/kernelspecs/remote-python3"))
+    try:
+        await wait_until(lambda: _ran(gcloud, runs + 1), timeout=10, what="gcloud started")
+        pid = gcloud.runs()[-1]["pid"]
+        assert is_alive(pid)
+        # SIGTERM to the mixer alone (not its process group, not the harness's reaping):
+        # its own shutdown must stop the gcloud it started.
+        proc = watching_mixer.process.proc
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 30)
+        assert await _gone(pid, within=5), f"gcloud (pid {pid}) outlived the mixer"
+    finally:
+        pending.cancel()
+        await asyncio.gather(pending, return_exceptions=True)
+
+
+async def _ran(gcloud: FakeGcloud, count: int) -> bool:
+    return gcloud.run_count() >= count
+
+
+async def _gone(pid: int, *, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while is_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
