@@ -53,10 +53,6 @@ fmt_json = "--format=json" in args or ("--format" in args and "json" in args)
 if args[:2] != ["config", "config-helper"] or not fmt_json:
     sys.stderr.write("ERROR: (gcloud) stand-in only knows config config-helper --format=json\\n")
     sys.exit(2)
-if not account:
-    sys.stderr.write("ERROR: (gcloud.config.config-helper) You do not currently have an active "
-                     "account selected.\\n")
-    sys.exit(1)
 with open({token_file!r}) as f:
     token = f.read().strip()
 with open(os.path.join(STATE, "expiry_seconds")) as f:
