@@ -1,7 +1,7 @@
 """Fixtures of the browser suite: the real topology of SPEC §1 with a JupyterLab front,
 and headless Chromium driven by Playwright.
 
-The processes come from the end-to-end support code (``tests/e2e/support``): a local
+The processes come from the shared topology (``tests/e2e/support/stack.py``): a local
 jupyter_server (``MIXER_TEST_WHERE=local``), a stand-in remote that accepts only the
 bearer token of a stand-in ``gcloud`` (``MIXER_TEST_WHERE=remote``), the mixer, and the
 FRONT: ``python -m jupyterlab`` with ``--GatewayClient.url`` pointing at the mixer and
@@ -19,25 +19,24 @@ Screenshots, the browser console and the process logs of failed tests go to
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
 import time
 import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from ..e2e.support import topology
-from ..e2e.support.fake_gcloud import FakeGcloud
-from ..e2e.support.ports import free_port
-from ..e2e.support.processes import ManagedProcess, http_status
-from ..e2e.support.topology import JupyterServer, Mixer
+from notebook_kernels_mixer.processes import http_get
+
+from ..e2e.support.stack import Stack
+from ..e2e.support.topology import FRONT_XSRF, JupyterServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
@@ -53,9 +52,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-XSRF = "XSRF"  # what SPEC §1's GatewayClient.headers send as _xsrf cookie and X-XSRFToken
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+XSRF = FRONT_XSRF  # what the front's GatewayClient.headers send as _xsrf cookie and X-XSRFToken
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,9 +91,7 @@ def require_browser() -> None:
 
 
 def get_json(url: str, headers: Mapping[str, str] | None = None, timeout: float = 10) -> Any:
-    req = urllib.request.Request(url, headers=dict(headers or {}))
-    with _NO_PROXY.open(req, timeout=timeout) as resp:
-        return json.loads(resp.read().decode("utf-8"))
+    return json.loads(http_get(url, headers, timeout=timeout).decode("utf-8"))
 
 
 def poll(probe: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.25) -> Any:
@@ -118,29 +113,37 @@ def poll(probe: Callable[[], Any], *, timeout: float, what: str, interval: float
 # -- the topology --------------------------------------------------------------------------------
 
 
-@dataclass
-class Topology:
-    dir: Path
-    jupyter_token: str  # the local jupyter's token, also the one presented to the mixer
-    front_token: str
-    gcloud: FakeGcloud
-    local: JupyterServer
-    remote: JupyterServer
-    mixer: Mixer
-    front: JupyterServer
-    processes: list[ManagedProcess] = field(default_factory=list)
+class Topology(Stack):
+    """The shared stack with a JupyterLab front, and what the browser tests ask of it."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, front="lab")
+
+    @property
+    def jupyter_token(self) -> str:
+        """The local jupyter's token, also the one presented to the mixer."""
+        return self.tokens.jupyter
+
+    def _front(self) -> JupyterServer:
+        assert self.front is not None, "prepared with a front"
+        return self.front
 
     def lab_url(self, workspace: str) -> str:
         # a fresh workspace per page: nothing restored from an earlier test
-        return f"{self.front.url}/lab/workspaces/{workspace}?reset&token={self.front_token}"
+        return f"{self._front().url}/lab/workspaces/{workspace}?reset&token={self.tokens.front}"
 
     def front_sessions(self) -> list[dict]:
-        return get_json(self.front.url + "/api/sessions", self.front.auth())
+        return get_json(self._front().url + "/api/sessions", self._front().auth())
 
     def front_request(self, method: str, path: str) -> int:
-        req = urllib.request.Request(self.front.url + path, method=method, headers=self.front.auth())
-        with _NO_PROXY.open(req, timeout=30) as resp:
-            return resp.status
+        """Status of ``method path`` on the front (http.client: no proxy, any method)."""
+        url = urlsplit(self._front().url)
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
+        try:
+            conn.request(method, path, headers=self._front().auth())
+            return conn.getresponse().status
+        finally:
+            conn.close()
 
     def backend_kernel(self, backend: JupyterServer, kernel_id: str) -> dict | None:
         try:
@@ -150,106 +153,11 @@ class Topology:
                 return None
             raise
 
-    def logs(self) -> str:
-        return "\n\n".join(p.tail_text(80) for p in self.processes)
-
-
-def jupyterlab_front(
-    workdir: Path, *, token: str, mixer_port: int, mixer_token: str, port: int | None = None
-) -> JupyterServer:
-    """``python -m jupyterlab`` with the mixer as its kernel gateway (SPEC §1, process 3)."""
-    port = port or free_port()
-    home = workdir / "front"
-    root = home / "root"
-    for d in (root, home / "runtime", home / "config", home / "data", home / "ipython"):
-        d.mkdir(parents=True, exist_ok=True)
-    env = topology.clean_env(
-        {
-            "MIXER_TEST_WHERE": "front",
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-            "JUPYTER_CONFIG_DIR": str(home / "config"),
-            "JUPYTER_DATA_DIR": str(home / "data"),
-            "IPYTHONDIR": str(home / "ipython"),
-        }
-    )
-    # JupyterLab's own first-run prompt ("notified about official Jupyter news?") would sit
-    # over the page in every screenshot: answer it in the front's default settings
-    labconfig = home / "config" / "labconfig"
-    labconfig.mkdir(parents=True, exist_ok=True)
-    (labconfig / "default_setting_overrides.json").write_text(
-        json.dumps(
-            {
-                "@jupyterlab/apputils-extension:notification": {
-                    "fetchNews": "false",
-                    "checkForUpdates": False,
-                }
-            }
-        )
-    )
-    headers = json.dumps({"token": mixer_token, "Cookie": f"_xsrf={XSRF}", "X-XSRFToken": XSRF})
-    argv = [
-        topology.PYTHON, "-m", "jupyterlab",
-        "--allow-root", "--no-browser", "--port-retries=0",
-        f"--port={port}",
-        f"--ServerApp.root_dir={root}",
-        f"--IdentityProvider.token={token}",
-        f"--GatewayClient.url=http://[::1]:{mixer_port}/",
-        f"--GatewayClient.headers={headers}",
-        # no news feed, no update check: nothing leaves the machine
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
-    ]  # fmt: skip
-    server = JupyterServer(
-        name="front",
-        port=port,
-        process=None,  # type: ignore[arg-type]
-        auth_headers={"Authorization": f"token {token}"},
-    )
-    server.process = ManagedProcess(
-        "front", argv, log_path=home / "front.log", env=env, cwd=root,
-        ready=lambda: http_status(server.url + "/lab", server.auth(), timeout=10) == 200,
-        ready_timeout=120,
-    )  # fmt: skip
-    return server
-
 
 @pytest.fixture(scope="package")
 def lab_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    if not topology.mixer_available():
-        pytest.fail("notebook_kernels_mixer is not installed (pip install -e .)", pytrace=False)
-    workdir = tmp_path_factory.mktemp("browser")
-    jupyter_token, front_token = uuid.uuid4().hex, uuid.uuid4().hex
-    gcloud = FakeGcloud(workdir / "gcloud", token_file=workdir / "remote-bearer-token")
-    local = topology.jupyter_server("local", workdir, where="local", token=jupyter_token)
-    remote = topology.jupyter_server("remote", workdir, where="remote", bearer_file=gcloud.token_file)
-    mixer = topology.mixer(workdir, local=local, remote=remote, token=jupyter_token, gcloud=gcloud)
-    front = jupyterlab_front(workdir, token=front_token, mixer_port=mixer.port, mixer_token=jupyter_token)
-    started: list[ManagedProcess] = []
-    try:
-        for p in (local.process, remote.process):
-            p.start(wait=False)
-            started.append(p)
-        local.wait_ready()
-        remote.wait_ready()
-        mixer.start()
-        started.append(mixer.process)
-        front.start()
-        started.append(front.process)
-        yield Topology(
-            dir=workdir,
-            jupyter_token=jupyter_token,
-            front_token=front_token,
-            gcloud=gcloud,
-            local=local,
-            remote=remote,
-            mixer=mixer,
-            front=front,
-            processes=[local.process, remote.process, mixer.process, front.process],
-        )
-    finally:
-        for p in reversed(started):
-            with contextlib.suppress(Exception):
-                p.stop()
+    with Topology(tmp_path_factory.mktemp("browser")) as topo:
+        yield topo
 
 
 # -- the browser ---------------------------------------------------------------------------------

@@ -1,119 +1,87 @@
 """Fixtures of the end-to-end suite: the real process topology of SPEC §1.
 
-Servers are session-scoped (starting a jupyter_server costs seconds on a small
-machine) and started in parallel where they do not depend on each other. Tests
-that break the topology on purpose (stop the remote, kill the mixer, make gcloud
-fail) put it back through ``topology_guard``. Process logs are kept under the
-pytest temporary directory (e.g. /tmp/pytest-of-root/pytest-N/e2e0/{local,remote,mixer,front}/);
-the failure messages carry their tails.
+One ``Stack`` (``support/stack.py``, shared with the fuzz, browser and soak tests) per
+session: starting a jupyter_server costs seconds on a small machine. Each fixture
+starts the part it names (backends, mixer, front) on first use; everything stops at
+the end of the session. Tests that break the topology on purpose (stop the remote,
+kill the mixer, make gcloud fail) put it back through ``topology_guard``. Process
+logs are kept under the pytest temporary directory (e.g.
+/tmp/pytest-of-root/pytest-N/e2e0/{local,remote,mixer,front}/); the failure messages
+carry their tails.
 """
 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from .support import topology
 from .support.api import DEFAULT_TIMEOUT, ApiClient
 from .support.fake_gcloud import FakeGcloud
+from .support.stack import Stack, Tokens
 from .support.topology import JupyterServer, Mixer
 
 
-@dataclass(frozen=True)
-class Tokens:
-    jupyter: str  # local jupyter's token, also the one clients present to the mixer
-    front: str  # the front jupyter's own token
-    xsrf: str  # the _xsrf value tests send to the mixer directly
-
-
 @pytest.fixture(scope="session")
-def e2e_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("e2e")
-
-
-@pytest.fixture(scope="session")
-def tokens() -> Tokens:
-    return Tokens(jupyter=uuid.uuid4().hex, front=uuid.uuid4().hex, xsrf=uuid.uuid4().hex)
-
-
-@pytest.fixture(scope="session")
-def gcloud(e2e_dir: Path) -> FakeGcloud:
-    return FakeGcloud(e2e_dir / "gcloud", token_file=e2e_dir / "remote-bearer-token")
-
-
-@dataclass
-class Backends:
-    local: JupyterServer
-    remote: JupyterServer
-
-
-@pytest.fixture(scope="session")
-def backends(e2e_dir: Path, tokens: Tokens, gcloud: FakeGcloud) -> Iterator[Backends]:
-    local = topology.jupyter_server("local", e2e_dir, where="local", token=tokens.jupyter)
-    remote = topology.jupyter_server("remote", e2e_dir, where="remote", bearer_file=gcloud.token_file)
+def e2e_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Prepared, not started: the fixtures below start what they name."""
+    stack = Stack(tmp_path_factory.mktemp("e2e"), front="server")
     try:
-        local.start(wait=False)
-        remote.start(wait=False)
-        local.wait_ready()
-        remote.wait_ready()
-        yield Backends(local, remote)
+        yield stack
     finally:
-        for server in (remote, local):
-            server.stop()
+        stack.stop()
 
 
 @pytest.fixture(scope="session")
-def local_server(backends: Backends) -> JupyterServer:
+def e2e_dir(e2e_stack: Stack) -> Path:
+    return e2e_stack.workdir
+
+
+@pytest.fixture(scope="session")
+def tokens(e2e_stack: Stack) -> Tokens:
+    return e2e_stack.tokens
+
+
+@pytest.fixture(scope="session")
+def gcloud(e2e_stack: Stack) -> FakeGcloud:
+    return e2e_stack.gcloud
+
+
+@pytest.fixture(scope="session")
+def backends(e2e_stack: Stack) -> Stack:
+    """The stack with its local and remote jupyter_servers running."""
+    e2e_stack.start_backends()
+    return e2e_stack
+
+
+@pytest.fixture(scope="session")
+def local_server(backends: Stack) -> JupyterServer:
     return backends.local
 
 
 @pytest.fixture(scope="session")
-def remote_server(backends: Backends) -> JupyterServer:
+def remote_server(backends: Stack) -> JupyterServer:
     return backends.remote
 
 
 @pytest.fixture(scope="session")
-def mixer_proc(e2e_dir: Path, backends: Backends, tokens: Tokens, gcloud: FakeGcloud) -> Iterator[Mixer]:
-    if not topology.mixer_available():
-        pytest.fail("notebook_kernels_mixer is not installed (pip install -e .)")
-    m = topology.mixer(
-        e2e_dir, local=backends.local, remote=backends.remote, token=tokens.jupyter, gcloud=gcloud
-    )
-    try:
-        m.start()
-        yield m
-    finally:
-        m.stop()
+def mixer_proc(e2e_stack: Stack) -> Mixer:
+    return e2e_stack.start_mixer()
 
 
 @pytest.fixture(scope="session")
-def front_server(e2e_dir: Path, mixer_proc: Mixer, tokens: Tokens) -> Iterator[JupyterServer]:
-    front = topology.front_server(
-        e2e_dir, token=tokens.front, mixer_port=mixer_proc.port, mixer_token=tokens.jupyter
-    )
-    try:
-        front.start()
-        yield front
-    finally:
-        front.stop()
+def front_server(e2e_stack: Stack) -> JupyterServer:
+    return e2e_stack.start_front()
 
 
 @pytest.fixture
-def topology_guard(backends: Backends, gcloud: FakeGcloud, mixer_proc: Mixer) -> Iterator[None]:
+def topology_guard(e2e_stack: Stack, mixer_proc: Mixer) -> Iterator[None]:
     """Puts the shared topology back together after a test that broke it."""
     yield
-    gcloud.succeed()
-    for server in (backends.local, backends.remote):
-        if not server.running():
-            server.start()
-    if not mixer_proc.running():
-        mixer_proc.start()
+    e2e_stack.repair()
 
 
 # -- clients (function scope: one aiohttp session per test, on the test's event loop) ----------

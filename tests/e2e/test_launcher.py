@@ -22,10 +22,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from notebook_kernels_mixer.processes import descendants, free_port
+from notebook_kernels_mixer.processes import is_alive as _alive
+
 from .support.api import DEFAULT_TIMEOUT, ApiClient
 from .support.kernel_client import KernelConnection
-from .support.ports import free_port
-from .support.processes import _alive, descendants
 from .support.topology import clean_env, mixer_command
 
 pytestmark = pytest.mark.e2e

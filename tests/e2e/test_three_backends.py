@@ -34,10 +34,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from notebook_kernels_mixer.processes import free_port, http_status
+
 from .helpers import PNG_MAGIC, where
 from .support.api import DEFAULT_TIMEOUT, ApiClient, wait_until
-from .support.ports import free_port
-from .support.processes import ManagedProcess, http_status
+from .support.processes import ManagedProcess
 from .support.topology import PYTHON, VENV_BIN, clean_env, jupyter_server, mixer_command
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,5 @@
-"""Fixtures of the API fuzzing tests: the real topology (``stack.py``), per module."""
+"""Fixtures of the API fuzzing tests: the shared real topology (``tests/e2e/support/stack.py``:
+a local jupyter_server, a bearer-only remote with the stand-in ``gcloud``, the mixer), per module."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.support import topology
-
-from .stack import Stack, running_stack
+from tests.e2e.support.stack import Stack
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -17,7 +16,5 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not topology.mixer_available():
-        pytest.fail("notebook_kernels_mixer is not installed (pip install -e .)")
-    with running_stack(tmp_path_factory.mktemp("fuzz")) as s:
+    with Stack(tmp_path_factory.mktemp("fuzz")) as s:
         yield s

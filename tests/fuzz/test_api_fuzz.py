@@ -61,8 +61,9 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from tests.e2e.support.stack import Stack
+
 from . import oracle
-from .stack import Stack
 
 pytestmark = pytest.mark.fuzz
 

@@ -1,7 +1,7 @@
 """Soak test of the mixer (issue 5, item 3): ``python -m tests.soak --duration SECONDS``.
 
 Starts the real topology (a local jupyter_server, a bearer-only jupyter_server standing
-in for the remote, the mixer as a subprocess; see ``tests/fuzz/stack.py``) and, for
+in for the remote, the mixer as a subprocess; see ``tests/e2e/support/stack.py``) and, for
 the given duration, runs these workers concurrently against the mixer:
 
 * ``kernels-<backend>``: start a kernel, check it runs where it should, then a few
@@ -88,7 +88,7 @@ import aiohttp
 
 from tests.e2e.support.api import ApiClient
 from tests.e2e.support.kernel_client import KernelConnection
-from tests.fuzz.stack import Stack, running_stack
+from tests.e2e.support.stack import Stack
 
 BACKENDS = ("local", "remote")
 SPECS = {"local": "local-python3", "remote": "remote-python3"}
@@ -185,7 +185,8 @@ class Soak:
         self.args = args
         self.http = http
         self.api = ApiClient(
-            http, stack.mixer.url, auth=lambda: {"token": stack.token}, xsrf=stack.xsrf, name="mixer"
+            http, stack.mixer.url, auth=lambda: {"token": stack.tokens.jupyter}, xsrf=stack.tokens.xsrf,
+            name="mixer",
         )
         self.started = time.monotonic()
         self.deadline = self.started + args.duration
@@ -271,7 +272,7 @@ class Soak:
     async def connect(self, backend: str, kernel_id: str, protocol: str) -> KernelConnection:
         conn = await KernelConnection.open(
             self.http, self.api.ws_url(f"/api/kernels/{kernel_id}/channels"),
-            headers={"token": self.stack.token}, protocol=protocol, timeout=HTTP_TIMEOUT,
+            headers={"token": self.stack.tokens.jupyter}, protocol=protocol, timeout=HTTP_TIMEOUT,
         )  # fmt: skip
         conn.serial = next(self.connections)  # type: ignore[attr-defined]
         self.tally[backend].websockets_opened += 1
@@ -868,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
-        with running_stack(workdir) as stack:
+        with Stack(workdir) as stack:
             write_pids(stack)
             log(f"topology up in {time.monotonic() - started:.1f}s (logs in {workdir})")
             report = asyncio.run(soak(stack, args))

@@ -17,8 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.e2e.support import topology
-from tests.fuzz.stack import Stack, running_stack
+from tests.e2e.support.stack import Stack
 
 pytestmark = pytest.mark.soak
 
@@ -28,9 +27,7 @@ LISTERS = 3
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if not topology.mixer_available():
-        pytest.fail("notebook_kernels_mixer is not installed (pip install -e .)")
-    with running_stack(Path(tmp_path_factory.mktemp("race"))) as s:
+    with Stack(Path(tmp_path_factory.mktemp("race"))) as s:
         yield s
 
 

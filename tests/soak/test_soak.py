@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support.processes import descendants
+from notebook_kernels_mixer.processes import descendants
 
 ROOT = Path(__file__).resolve().parents[2]
 DURATION = float(os.environ.get("MIXER_SOAK_SECONDS") or 60)

@@ -3,20 +3,14 @@ and the process exits promptly."""
 
 import asyncio
 import signal
-import socket
 import sys
 import time
 
 import aiohttp
 from aiohttp import WSMsgType
 
+from notebook_kernels_mixer.processes import free_port
 from tests.unit.conftest import TOKEN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_sigterm_is_graceful(fakes) -> None:

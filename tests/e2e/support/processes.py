@@ -15,27 +15,10 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from notebook_kernels_mixer.processes import descendants
-from notebook_kernels_mixer.processes import is_alive as _alive
-
-_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http_status(url: str, headers: Mapping[str, str] | None = None, timeout: float = 2.0) -> int:
-    """Status of a GET (0 when nothing answers). Never follows a proxy."""
-    req = urllib.request.Request(url, headers=dict(headers or {}))
-    try:
-        with _NO_PROXY_OPENER.open(req, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (OSError, ValueError):
-        return 0
+from notebook_kernels_mixer.processes import descendants, is_alive
 
 
 def _redact_arg(arg: str) -> str:
@@ -167,10 +150,10 @@ class ManagedProcess:
         # processes of other sessions (kernels) get a chance to be shut down by their
         # server; whatever outlives the grace period is killed by its PID
         deadline = time.monotonic() + grace
-        live = [p for p in pids if _alive(p)]
+        live = [p for p in pids if is_alive(p)]
         while live and time.monotonic() < deadline:
             time.sleep(0.1)
-            live = [p for p in live if _alive(p)]
+            live = [p for p in live if is_alive(p)]
         for p in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGKILL)

@@ -1,14 +1,17 @@
-"""The real processes of SPEC §1: local and remote jupyter_servers, the mixer, the front.
+"""The real processes of SPEC §1, each prepared (not started) by one function here.
 
 * ``local``: a plain jupyter_server with a token, ``MIXER_TEST_WHERE=local``;
 * ``remote``: a jupyter_server that accepts only ``Authorization: Bearer <token>``
   (``bearer_identity.BearerFileIdentityProvider``), ``MIXER_TEST_WHERE=remote``;
 * ``mixer``: the package under test, with a stand-in ``gcloud`` first on PATH;
-* ``front``: a jupyter_server whose kernels are managed by the mixer through
-  ``--GatewayClient.url`` and the ``--GatewayClient.headers`` of SPEC §1.
+* ``front``: the Jupyter the user opens (jupyter_server, or JupyterLab for the browser
+  tests) whose kernels are managed by the mixer through ``--GatewayClient.url`` and
+  the ``--GatewayClient.headers`` of SPEC §1.
 
-Kernels inherit their server's environment, so ``os.environ['MIXER_TEST_WHERE']``
-in a kernel tells which backend runs it.
+``stack.py`` assembles them into the running topology the e2e, fuzz, browser and soak
+tests share; the tests that need another shape (three backends, ``mixer lab``) build
+on the pieces here. Kernels inherit their server's environment, so
+``os.environ['MIXER_TEST_WHERE']`` in a kernel tells which backend runs it.
 """
 
 from __future__ import annotations
@@ -21,13 +24,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from notebook_kernels_mixer.processes import free_port, http_status
+
 from .fake_gcloud import FakeGcloud
-from .ports import free_port
-from .processes import ManagedProcess, http_status
+from .processes import ManagedProcess
 
 SUPPORT_DIR = Path(__file__).resolve().parent
 PYTHON = sys.executable
 VENV_BIN = str(Path(PYTHON).parent)
+# what SPEC §1's GatewayClient.headers send as the _xsrf cookie and X-XSRFToken
+FRONT_XSRF = "XSRF"
 
 # variables of the developer's environment that would change how the servers behave
 _SCRUB_PREFIXES = ("JUPYTER_", "JPY_", "IPYTHON", "GCE_METADATA", "CLOUDSDK_", "MIXER_")
@@ -47,6 +53,21 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def jupyter_home(workdir: Path, name: str) -> tuple[Path, dict[str, str]]:
+    """``workdir/name`` with the root, runtime, config, data and IPython directories of
+    one Jupyter process, and the environment variables that point it at them (so no
+    two servers, nor the developer's own Jupyter, share state)."""
+    home = workdir / name
+    for d in ("root", "runtime", "config", "data", "ipython"):
+        (home / d).mkdir(parents=True, exist_ok=True)
+    return home, {
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "IPYTHONDIR": str(home / "ipython"),
+    }
+
+
 @dataclass
 class JupyterServer:
     """A jupyter_server process and how to reach it."""
@@ -57,6 +78,8 @@ class JupyterServer:
     auth_headers: Mapping[str, str] | None = None  # static auth (None: see ``auth``)
     bearer_file: Path | None = None  # remote: the bearer token is read from here
     host: str = "127.0.0.1"
+    ready_path: str = "/api/status"  # answers 200 (with ``auth``) once the server is ready
+    probe_timeout: float = 2.0
 
     @property
     def url(self) -> str:
@@ -69,7 +92,7 @@ class JupyterServer:
         return dict(self.auth_headers or {})
 
     def probe(self) -> bool:
-        return http_status(self.url + "/api/status", self.auth()) == 200
+        return http_status(self.url + self.ready_path, self.auth(), timeout=self.probe_timeout) == 200
 
     def running(self) -> bool:
         return self.process.running()
@@ -84,6 +107,21 @@ class JupyterServer:
         self.process.stop()
 
 
+def _auth_args(
+    env: dict[str, str], token: str | None, bearer_file: Path | None
+) -> tuple[list[str], dict[str, str] | None]:
+    """Command-line flags (and static auth headers) for a token or a bearer-file server."""
+    if bearer_file is not None:
+        env["PYTHONPATH"] = str(SUPPORT_DIR)
+        env["MIXER_TEST_BEARER_FILE"] = str(bearer_file)
+        return [
+            "--ServerApp.identity_provider_class=bearer_identity.BearerFileIdentityProvider",
+            f"--BearerFileIdentityProvider.token_file={bearer_file}",
+        ], None
+    assert token, "a jupyter_server needs a token or a bearer file"
+    return [f"--IdentityProvider.token={token}"], {"Authorization": f"token {token}"}
+
+
 def jupyter_server(
     name: str,
     workdir: Path,
@@ -95,77 +133,73 @@ def jupyter_server(
     extra_env: Mapping[str, str] | None = None,
     port: int | None = None,
     ready_timeout: float = 90,
+    app: str = "jupyter_server",
+    ready_path: str = "/api/status",
 ) -> JupyterServer:
-    """Prepare (not start) a jupyter_server; ``token`` or ``bearer_file`` picks its auth."""
+    """Prepare (not start) ``python -m <app>``; ``token`` or ``bearer_file`` picks its auth."""
     port = port or free_port()
-    home = workdir / name
-    root = home / "root"
-    for d in (root, home / "runtime", home / "config", home / "data", home / "ipython"):
-        d.mkdir(parents=True, exist_ok=True)
-    env = clean_env(
-        {
-            "MIXER_TEST_WHERE": where,
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-            "JUPYTER_CONFIG_DIR": str(home / "config"),
-            "JUPYTER_DATA_DIR": str(home / "data"),
-            "IPYTHONDIR": str(home / "ipython"),
-        }
-    )
+    home, dirs = jupyter_home(workdir, name)
+    env = clean_env({"MIXER_TEST_WHERE": where, **dirs})
+    auth_args, auth_headers = _auth_args(env, token, bearer_file)
     argv = [
-        PYTHON, "-m", "jupyter_server",
+        PYTHON, "-m", app,
         "--allow-root", "--no-browser", "--port-retries=0",
         f"--port={port}",
-        f"--ServerApp.root_dir={root}",
+        f"--ServerApp.root_dir={home / 'root'}",
+        *auth_args, *extra_args,
     ]  # fmt: skip
-    auth_headers = None
-    if bearer_file is not None:
-        env["PYTHONPATH"] = str(SUPPORT_DIR)
-        env["MIXER_TEST_BEARER_FILE"] = str(bearer_file)
-        argv += [
-            "--ServerApp.identity_provider_class=bearer_identity.BearerFileIdentityProvider",
-            f"--BearerFileIdentityProvider.token_file={bearer_file}",
-        ]
-    else:
-        assert token, "a jupyter_server needs a token or a bearer file"
-        argv.append(f"--IdentityProvider.token={token}")
-        auth_headers = {"Authorization": f"token {token}"}
-    argv += list(extra_args)
-    if extra_env:
-        env.update(extra_env)
+    env.update(extra_env or {})
     server = JupyterServer(
-        name=name,
-        port=port,
-        process=None,  # type: ignore[arg-type]
-        auth_headers=auth_headers,
-        bearer_file=bearer_file,
-    )
+        name=name, port=port, process=None,  # type: ignore[arg-type]
+        auth_headers=auth_headers, bearer_file=bearer_file, ready_path=ready_path,
+    )  # fmt: skip
     server.process = ManagedProcess(
-        name,
-        argv,
-        log_path=home / f"{name}.log",
-        env=env,
-        cwd=root,
-        ready=server.probe,
-        ready_timeout=ready_timeout,
-    )
+        name, argv, log_path=home / f"{name}.log", env=env, cwd=home / "root",
+        ready=server.probe, ready_timeout=ready_timeout,
+    )  # fmt: skip
     return server
 
 
+# JupyterLab: no news feed, no update check (nothing leaves the machine)
+_LAB_ARGS = (
+    "--LabApp.news_url=None",
+    "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+)
+
+
+def _quiet_lab(config_dir: Path) -> None:
+    """Answer JupyterLab's first-run prompt ("notified about official Jupyter news?") in
+    its default settings: it would sit over the page in every screenshot."""
+    labconfig = config_dir / "labconfig"
+    labconfig.mkdir(parents=True, exist_ok=True)
+    notification = {"fetchNews": "false", "checkForUpdates": False}
+    overrides = {"@jupyterlab/apputils-extension:notification": notification}
+    (labconfig / "default_setting_overrides.json").write_text(json.dumps(overrides))
+
+
 def front_server(
-    workdir: Path, *, token: str, mixer_port: int, mixer_token: str, xsrf: str = "XSRF"
+    workdir: Path,
+    *,
+    token: str,
+    mixer_port: int,
+    mixer_token: str,
+    xsrf: str = FRONT_XSRF,
+    lab: bool = False,
+    port: int | None = None,
 ) -> JupyterServer:
-    """The Jupyter the user opens, with the mixer as its gateway, as in SPEC §1."""
+    """The Jupyter the user opens, with the mixer as its gateway, as in SPEC §1;
+    ``lab``: JupyterLab (ready once ``/lab`` answers) instead of a bare jupyter_server."""
     headers = json.dumps({"token": mixer_token, "Cookie": f"_xsrf={xsrf}", "X-XSRFToken": xsrf})
-    return jupyter_server(
-        "front",
-        workdir,
-        where="front",
-        token=token,
-        extra_args=[
-            f"--GatewayClient.url=http://[::1]:{mixer_port}/",
-            f"--GatewayClient.headers={headers}",
-        ],
-    )
+    gateway = [f"--GatewayClient.url=http://[::1]:{mixer_port}/", f"--GatewayClient.headers={headers}"]
+    if not lab:
+        return jupyter_server("front", workdir, where="front", token=token, extra_args=gateway, port=port)
+    server = jupyter_server(
+        "front", workdir, where="front", token=token, extra_args=[*gateway, *_LAB_ARGS],
+        port=port, app="jupyterlab", ready_path="/lab", ready_timeout=120,
+    )  # fmt: skip
+    server.probe_timeout = 10.0
+    _quiet_lab(workdir / "front" / "config")
+    return server
 
 
 def mixer_command() -> list[str]:
