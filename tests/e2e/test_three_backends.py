@@ -39,7 +39,7 @@ from notebook_kernels_mixer.processes import free_port, http_status
 from .helpers import PNG_MAGIC, where
 from .support.api import DEFAULT_TIMEOUT, ApiClient, wait_until
 from .support.processes import ManagedProcess
-from .support.topology import PYTHON, VENV_BIN, clean_env, jupyter_server, mixer_command
+from .support.topology import PYTHON, VENV_BIN, clean_env, jupyter_home, jupyter_server, mixer_command
 
 pytestmark = pytest.mark.e2e
 
@@ -69,18 +69,6 @@ class Server:
         return http_status(self.url + "/api/kernelspecs", self.auth()) == 200
 
 
-def _dirs(workdir: Path, name: str) -> tuple[Path, dict[str, str]]:
-    home = workdir / name
-    for d in ("root", "runtime", "config", "data", "ipython"):
-        (home / d).mkdir(parents=True, exist_ok=True)
-    return home, {
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(home / "config"),
-        "JUPYTER_DATA_DIR": str(home / "data"),
-        "IPYTHONDIR": str(home / "ipython"),
-    }
-
-
 def _standin(workdir: Path, name: str, token: str, reason: str) -> Server:
     if os.environ.get("MIXER_E2E_REQUIRE_GATEWAYS") == "1":
         pytest.fail(f"MIXER_E2E_REQUIRE_GATEWAYS=1 but {reason}")
@@ -95,7 +83,7 @@ def kernel_gateway(workdir: Path, token: str) -> Server:
     except ImportError as exc:
         return _standin(workdir, "kg", token, f"Kernel Gateway is not installed ({exc})")
     port = free_port()
-    home, dirs = _dirs(workdir, "kg")
+    home, dirs = jupyter_home(workdir, "kg")
     # Its defaults: listing kernels and sessions is forbidden (403).
     env = clean_env({"MIXER_TEST_WHERE": "kg", "KG_AUTH_TOKEN": token, **dirs})
     argv = [PYTHON, "-m", "kernel_gateway", f"--port={port}", "--ip=127.0.0.1"]
@@ -140,7 +128,7 @@ def enterprise_gateway(workdir: Path, token: str) -> Server:
     if exe is None:
         return _standin(workdir, "eg", token, reason)
     port = free_port()
-    home, dirs = _dirs(workdir, "eg")
+    home, dirs = jupyter_home(workdir, "eg")
     env = clean_env({"MIXER_TEST_WHERE": "eg", "EG_AUTH_TOKEN": token, "EG_LIST_KERNELS": "True",
                      **dirs})
     argv = [exe, f"--port={port}", "--ip=127.0.0.1"]
