@@ -1,7 +1,8 @@
 """Builds the aiohttp application from a MixerConfig and runs it.
 
-Routes: the three merged resources (kernelspecs, kernels, sessions), the status API,
-then a catch-all that proxies the rest to the local Jupyter server.
+Routes: the status API, the three merged resources (kernelspecs, kernels, sessions),
+then a catch-all that proxies the rest to the local Jupyter server. Every piece is
+built here, once, from the frozen config, and handed what it needs.
 """
 
 from __future__ import annotations
@@ -18,38 +19,65 @@ from notebook_kernels_mixer.config import MixerConfig
 from notebook_kernels_mixer.front.middlewares import access_logger, errors, protector
 from notebook_kernels_mixer.proxy import LocalProxy
 from notebook_kernels_mixer.relay import Relay
+from notebook_kernels_mixer.resources.backend_kernels import BackendKernels
+from notebook_kernels_mixer.resources.fanout import FanOut
 from notebook_kernels_mixer.resources.kernels import KernelsHandlers
 from notebook_kernels_mixer.resources.kernelspecs import KernelspecsCache, KernelspecsHandlers
 from notebook_kernels_mixer.resources.registry import Registry
+from notebook_kernels_mixer.resources.session_stores import session_store
 from notebook_kernels_mixer.resources.sessions import SessionsHandlers
+from notebook_kernels_mixer.state import MEMORY, StateError, StateStore, default_state_path
 from notebook_kernels_mixer.status import StatusHandlers
 
 log = logging.getLogger(__name__)
 
 REGISTRY = web.AppKey("registry", Registry)
 RELAY = web.AppKey("relay", Relay)
+STATE = web.AppKey("state", StateStore)
 
 
-def build_app(config: MixerConfig, backends: list[Backend] | None = None) -> web.Application:
-    """The mixer as an aiohttp app; ``backends`` may be given (tests), else built."""
+def state_path(config: MixerConfig) -> str:
+    """Where the durable state lives: the configured file, else one per port in
+    Jupyter's runtime directory (nothing durable for an ephemeral port, as in tests)."""
+    if config.state_file:
+        return config.state_file
+    return default_state_path(config.port) if config.port else MEMORY
+
+
+async def build_app(config: MixerConfig, backends: list[Backend] | None = None) -> web.Application:
+    """The mixer as an aiohttp app; ``backends`` may be given (tests), else built.
+    Opens the state file first: a second mixer on it fails here (``StateError``)."""
     backends = backends if backends is not None else [build_backend(b) for b in config.backends]
-    registry = Registry(backends, default=config.default_backend, local=config.local_backend)
+    path = state_path(config)
+    state = await StateStore.open(path)
+    fanout = FanOut(backends, retention=config.retention)
+    registry = Registry(backends, default=config.default_backend, local=config.local_backend,
+                        state=state, fanout=fanout)
     relay = Relay(external_hostname=config.external_hostname)
     cache = KernelspecsCache(config.kernelspecs_ttl)
+    backend_kernels = {
+        b.name: BackendKernels(b, known=lambda b=b: registry.kernels_of(b)) for b in backends
+    }
+    stores = {name: session_store(k, state) for name, k in backend_kernels.items()}
+    specs = KernelspecsHandlers(registry, cache)
+    kernels = KernelsHandlers(registry, relay, backend_kernels, specs.default_spec)
+    sessions = SessionsHandlers(registry, stores, kernels, specs.default_spec)
     app = web.Application(
-        middlewares=[errors, access_logger(config), protector(config)],
+        middlewares=[access_logger(config), errors, protector(config)],
         client_max_size=config.max_body_bytes,
     )
     app[REGISTRY] = registry
     app[RELAY] = relay
-    app.add_routes(StatusHandlers(registry, relay).routes())
-    app.add_routes(KernelspecsHandlers(registry, cache).routes())
-    app.add_routes(KernelsHandlers(registry, relay).routes())
-    app.add_routes(SessionsHandlers(registry).routes())
-    app.add_routes(
-        LocalProxy(registry, relay, external_hostname=config.external_hostname).routes()
-    )
+    app[STATE] = state
+    for handlers in (StatusHandlers(registry, relay, kernels, sessions, path), specs, kernels,
+                     sessions, LocalProxy(registry, relay, external_hostname=config.external_hostname)):
+        app.add_routes(handlers.routes())
+    _lifecycle(app, backends, relay, cache, state)
+    return app
 
+
+def _lifecycle(app: web.Application, backends: list[Backend], relay: Relay,
+               cache: KernelspecsCache, state: StateStore) -> None:
     async def start_backends(app: web.Application) -> None:
         for backend in backends:
             await backend.start()
@@ -61,16 +89,19 @@ def build_app(config: MixerConfig, backends: list[Backend] | None = None) -> web
         await cache.close()
         for backend in backends:
             await backend.close()
+        await state.close()
 
     app.on_startup.append(start_backends)
     app.on_shutdown.append(close_relays)
     app.on_cleanup.append(close_backends)
-    return app
 
 
 async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> None:
     """Listen on the configured (loopback) addresses until SIGINT/SIGTERM."""
-    app = build_app(config)
+    try:
+        app = await build_app(config)
+    except StateError as exc:
+        raise SystemExit(f"mixer: {exc}") from None
     # access_log=None: aiohttp's own access log prints query strings (?token=…);
     # the mixer logs requests itself, redacted.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=4.0)

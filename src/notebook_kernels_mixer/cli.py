@@ -29,15 +29,19 @@ log = logging.getLogger("notebook_kernels_mixer")
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs: object) -> None:
+    if parser.argument_default is argparse.SUPPRESS:
+        kwargs.pop("default", None)
     names = [f"--{name}", f"-{name}"]
     for alias in aliases:
         names += [f"--{alias}", f"-{alias}"]
     parser.add_argument(*names, **kwargs)  # type: ignore[arg-type]
 
 
-def mixer_parser() -> argparse.ArgumentParser:
+def mixer_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
+    """The flags; ``defaults=False`` leaves out every flag not given (``given_options``)."""
     parser = argparse.ArgumentParser(
         prog="mixer",
+        argument_default=None if defaults else argparse.SUPPRESS,
         description=(
             "Notebook Kernels Mixer: one Jupyter kernel API that merges the kernelspecs, "
             "kernels and sessions of a local Jupyter server with those of remote "
@@ -77,6 +81,13 @@ def mixer_parser() -> argparse.ArgumentParser:
           help="log the body of every JSON answer (secrets redacted)")
     _flag(parser, "list-timeout", default="2.5s",
           help="how long a merged listing waits for one backend before leaving it out")
+    _flag(parser, "retention", default="10m",
+          help="how long a backend that cannot answer still contributes its last-known "
+               "kernels and sessions to listings (clients drop what a listing omits)")
+    _flag(parser, "state-file", default=None, metavar="PATH",
+          help="SQLite file of what a restart must not forget (moved sessions, sessions "
+               "kept for gateways, kernel owners); default: mixer-state-PORT.sqlite in "
+               "Jupyter's runtime directory; ':memory:' keeps nothing")
     _flag(parser, "config", action="append", default=[], metavar="FILE",
           help="TOML file declaring backends (see examples/mixer.toml); may be repeated. "
                "Flags given on the command line override the file (README: Config file)")
@@ -92,6 +103,13 @@ def mixer_parser() -> argparse.ArgumentParser:
           help="log level")
     parser.add_argument("--version", action="version", version=f"mixer {__version__}")
     return parser
+
+
+def given_options(argv: Sequence[str]) -> set[str]:
+    """The ``dest`` of every flag actually given in ``argv`` (not defaulted): given
+    flags win over config files, defaults do not."""
+    namespace, _ = mixer_parser(defaults=False).parse_known_args(list(argv))
+    return set(vars(namespace))
 
 
 def remote_url(args: argparse.Namespace) -> str | None:
@@ -118,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> MixerConfig:
         token=args.jupyter_token,
         request_timeout=timeout,
         list_timeout=list_timeout,
+        sessions="backend",  # a jupyter_server keeps its own sessions
     )
     backends = [local]
     url = remote_url(args)
@@ -143,6 +162,8 @@ def config_from_args(args: argparse.Namespace) -> MixerConfig:
         allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
         token=args.jupyter_token,
         external_hostname=args.external_hostname,
+        retention=parse_duration(args.retention) if args.retention not in ("0", "0s") else 0.0,
+        state_file=args.state_file,
         log=LogConfig(
             request_headers=args.log_all_request_headers,
             request_responses=args.log_all_request_responses,
@@ -171,7 +192,7 @@ def run(coro: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "lab":
-        from notebook_kernels_mixer.launcher import main as lab_main
+        from notebook_kernels_mixer.lab import main as lab_main
 
         return lab_main(argv[1:])
     if argv and argv[0] == "status":
@@ -184,9 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         if args.config:
-            from notebook_kernels_mixer.config_file import apply_files, given_options
+            from notebook_kernels_mixer.config_file import apply_files
 
-            config = apply_files(args.config, config, given_options(parser, argv))
+            config = apply_files(args.config, config, given_options(argv))
     except ConfigError as exc:
         print(f"mixer: {exc}", file=sys.stderr)
         return 2

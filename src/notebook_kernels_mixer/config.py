@@ -11,9 +11,10 @@ import re
 from dataclasses import dataclass, field
 
 AUTH_KINDS = ("none", "token", "gcloud", "google-adc")
-#: Who keeps a backend's sessions: "backend" (its own /api/sessions, jupyter_server),
-#: "mixer" (the mixer, over the backend's kernels API: Kernel/Enterprise Gateway, whose
-#: sessions API is forbidden or broken), or "auto" (ask it once; backends/gateway.py).
+#: Who keeps a backend's notebook sessions: "backend" (its own /api/sessions,
+#: jupyter_server), "mixer" (the mixer, over the backend's kernels API: Kernel and
+#: Enterprise Gateway, whose sessions API is missing), or "auto" (ask it once; see
+#: resources/session_stores.py).
 SESSIONS_MODES = ("auto", "backend", "mixer")
 BACKEND_NAME_RE = re.compile(r"^[a-z0-9_]+$")
 LOOPBACK_HOSTS = ("::1", "127.0.0.1")
@@ -38,7 +39,15 @@ def is_loopback(host: str) -> bool:
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and why."""
+    """A configuration value is invalid; the message says which and why.
+
+    ``problem`` is the message without the backend it concerns, for callers that say
+    where the backend was declared (a file and its entry) instead.
+    """
+
+    def __init__(self, problem: str, *, backend: str | None = None) -> None:
+        super().__init__(f"backend {backend!r}: {problem}" if backend else problem)
+        self.problem = problem
 
 
 def parse_duration(text: str) -> float:
@@ -81,31 +90,37 @@ class BackendConfig:
     #: Limit for this backend's part of a merged listing; a slower backend is left
     #: out of that answer (and filled in later) instead of holding every user up.
     list_timeout: float = 2.5
-    #: Rewrite Host/Origin/Referer towards this backend (SPEC §5; remotes).
-    rewrite_host: bool = True
     #: Metadata server address for Google credentials (``--gce-metadata-override-ip``).
     gce_metadata_ip: str | None = None
     #: Who keeps this backend's sessions (one of SESSIONS_MODES).
-    sessions: str = "backend"
+    sessions: str = "auto"
 
     def __post_init__(self) -> None:
-        if not BACKEND_NAME_RE.match(self.name):
-            raise ConfigError(f"backend name {self.name!r} must match [a-z0-9_]+")
+        """The one place a backend's values are checked (flags and files alike)."""
+        if not isinstance(self.name, str) or not BACKEND_NAME_RE.match(self.name):
+            raise ConfigError(
+                f"name {self.name!r} must match [a-z0-9_]+ (it becomes the kernelspec "
+                "prefix, e.g. NAME-python3)", backend=str(self.name)
+            )
+        for key in ("display_suffix", "url"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{key} must be a string", backend=self.name)
+        if self.gce_metadata_ip is not None and not isinstance(self.gce_metadata_ip, str):
+            raise ConfigError("gce_metadata_ip must be a string", backend=self.name)
         if self.auth not in AUTH_KINDS:
             raise ConfigError(
-                f"backend {self.name!r}: unknown auth {self.auth!r} "
-                f"(one of {', '.join(AUTH_KINDS)})"
+                f"unknown auth kind {self.auth!r} (one of {', '.join(AUTH_KINDS)})", backend=self.name
             )
         if self.auth == "token" and not self.token:
-            raise ConfigError(f"backend {self.name!r}: auth 'token' needs a token")
+            raise ConfigError("auth 'token' needs a token", backend=self.name)
         if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", self.url):
-            raise ConfigError(f"backend {self.name!r}: invalid url {self.url!r} (http or https)")
+            raise ConfigError(f"invalid url {self.url!r} (http or https)", backend=self.name)
         if self.request_timeout <= 0 or self.list_timeout <= 0:
-            raise ConfigError(f"backend {self.name!r}: timeouts must be positive")
+            raise ConfigError("timeouts must be positive", backend=self.name)
         if self.sessions not in SESSIONS_MODES:
             raise ConfigError(
-                f"backend {self.name!r}: unknown sessions {self.sessions!r} "
-                f"(one of {', '.join(SESSIONS_MODES)})"
+                f"unknown sessions {self.sessions!r} (one of {', '.join(SESSIONS_MODES)})",
+                backend=self.name,
             )
 
 
@@ -130,7 +145,6 @@ class MixerConfig:
     #: Listening on a non-loopback address exposes the user's kernels (and cloud
     #: credentials) to the network; it takes this explicit opt-in (SECURITY.md).
     allow_non_loopback: bool = False
-    #: Extra websocket Origins (scheme://host[:port]) admitted besides loopback ones.
     #: Token clients must present; ``None`` admits everyone (loopback only!).
     token: str | None = field(default=None, repr=False)
     external_hostname: str | None = None
@@ -139,6 +153,12 @@ class MixerConfig:
     max_body_bytes: int = 1024 * 1024
     #: How long merged kernelspecs are served without asking the backends again.
     kernelspecs_ttl: float = 2.0
+    #: How long a backend that cannot answer still contributes its last-known kernels
+    #: and sessions to merged listings (SPEC §4).
+    retention: float = 600.0
+    #: SQLite file of the state a restart must not forget; ``:memory:`` keeps nothing,
+    #: ``None`` is one file per port in Jupyter's runtime directory.
+    state_file: str | None = None
     log: LogConfig = LogConfig()
 
     def __post_init__(self) -> None:
@@ -159,6 +179,8 @@ class MixerConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")
+        if self.retention < 0:
+            raise ConfigError(f"invalid retention {self.retention}: must not be negative")
 
     def backend(self, name: str) -> BackendConfig:
         return next(b for b in self.backends if b.name == name)

@@ -7,6 +7,7 @@ JSON answers, so no handler formats an error itself::
     ├── BadRequest            400  malformed JSON, wrong field types, unknown spec prefix
     ├── Forbidden             403  missing/wrong token, XSRF mismatch, foreign Origin
     ├── NotFound              404  unknown kernel, session or kernelspec
+    ├── Conflict              409  a kernel id already in use on another backend
     ├── PayloadTooLarge       413  body over the limit
     ├── UpstreamError         4xx/5xx  a backend answered an error; handed on as it said it
     └── BackendError          502  a backend answered garbage or could not be reached
@@ -54,6 +55,11 @@ class Forbidden(MixerError):
 class NotFound(MixerError):
     status = 404
     reason = "Not Found"
+
+
+class Conflict(MixerError):
+    status = 409
+    reason = "Conflict"
 
 
 class PayloadTooLarge(MixerError):

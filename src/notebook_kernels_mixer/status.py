@@ -1,29 +1,37 @@
 """``/mixer/api/status`` and the ``/mixer/`` page: how each backend is doing.
 
-Reachability, last error, latency of the last call, kernel count and credential
-state (its kind and expiry, never the credential itself).
+Reachability, last error, latency of the last call, kernel count, credential state
+(its kind and expiry, never the credential itself), whether the backend's entries in
+listings are last-known ones and since when, and its orphan kernels: kernels that no
+notebook session references and no client is connected to — still running (and, in
+a cloud, still paid for) although nobody uses them.
 """
 
 from __future__ import annotations
 
-import html
 import time
 from typing import Any
 
 from aiohttp import web
 
 from notebook_kernels_mixer import __version__
-from notebook_kernels_mixer.backends import Backend
-from notebook_kernels_mixer.errors import BackendError
 from notebook_kernels_mixer.relay import Relay
 from notebook_kernels_mixer.resources.common import json_response
+from notebook_kernels_mixer.resources.fanout import Answer
+from notebook_kernels_mixer.resources.kernels import KernelsHandlers
 from notebook_kernels_mixer.resources.registry import Registry
+from notebook_kernels_mixer.resources.sessions import SessionsHandlers
+from notebook_kernels_mixer.status_page import render_page
 
 
 class StatusHandlers:
-    def __init__(self, registry: Registry, relay: Relay) -> None:
+    def __init__(self, registry: Registry, relay: Relay, kernels: KernelsHandlers,
+                 sessions: SessionsHandlers, state_file: str) -> None:
         self.registry = registry
         self.relay = relay
+        self.kernels = kernels
+        self.sessions = sessions
+        self.state_file = state_file
         self.started = time.time()
 
     def routes(self) -> list[web.RouteDef]:
@@ -33,72 +41,54 @@ class StatusHandlers:
             web.get("/mixer/", self.page),
         ]
 
-    async def _count(self, backend: Backend) -> int:
-        status, answer = await backend.request_json(
-            "GET", "/api/kernels", timeout=backend.config.list_timeout
-        )
-        if status != 200 or not isinstance(answer, list):
-            raise BackendError(backend.name, f"answered HTTP {status} to GET /api/kernels")
-        return len(answer)
-
     async def collect(self) -> dict[str, Any]:
-        counts = dict(await self.registry.gather(self._count))
+        fanout = self.registry.fanout
+        kernels = await fanout.listing("kernels", self.kernels.listing)
+        sessions = await fanout.listing("sessions", self.sessions.listing)
+        used = {
+            s["kernel"]["id"] for a in sessions if a.value for s in a.value
+            if isinstance(s.get("kernel"), dict) and isinstance(s["kernel"].get("id"), str)
+        }
+        stale = fanout.stale()
         backends = []
-        for backend in self.registry.backends.values():
+        for answer in kernels:
+            backend = answer.backend
             state = backend.state()
-            count = counts.get(backend)
-            state["kernels"] = count if isinstance(count, int) else None
+            state["kernels"] = len(answer.value) if answer.value is not None else None
+            state["stale_since"] = stale.get(backend.name)
+            state["orphans"] = self._orphans(answer, used)
             state["default"] = backend is self.registry.default
             state["local"] = backend is self.registry.local
+            state["sessions_kept_by"] = self.sessions.stores[backend.name].kind
             backends.append(state)
         return {
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started, 1),
             "websockets": self.relay.live,
+            "state_file": self.state_file,
+            "memory": {**self.registry.sizes(), **self.relay.state()},
             "backends": backends,
         }
+
+    def _orphans(self, answer: Answer[list[dict[str, Any]]], used: set[str]) -> list[dict[str, Any]]:
+        now = time.time()
+        out = []
+        for kernel in answer.value or []:
+            if kernel["id"] in used or kernel.get("connections"):
+                continue
+            seen = self.registry.first_seen.get(kernel["id"])
+            out.append({
+                "id": kernel["id"],
+                "name": kernel.get("name"),
+                "seen_for_seconds": None if seen is None else round(now - seen),
+                "last_activity": kernel.get("last_activity"),
+                "execution_state": kernel.get("execution_state"),
+            })
+        return out
 
     async def api(self, request: web.Request) -> web.Response:
         return json_response(await self.collect())
 
     async def page(self, request: web.Request) -> web.Response:
-        status = await self.collect()
-        rows = "".join(render_row(b) for b in status["backends"])
-        body = PAGE.format(
-            version=html.escape(status["version"]),
-            websockets=status["websockets"],
-            rows=rows,
-        )
-        return web.Response(text=body, content_type="text/html")
+        return web.Response(text=render_page(await self.collect()), content_type="text/html")
 
-
-def render_row(b: dict[str, Any]) -> str:
-    cred = b["credentials"]
-    cred_text = cred["kind"] + ("" if cred.get("ok", True) else f" — {cred.get('error')}")
-    cells = [
-        b["name"] + (" (default)" if b["default"] else ""),
-        b["url"],
-        "yes" if b["reachable"] else "no",
-        "–" if b["kernels"] is None else str(b["kernels"]),
-        "–" if b["last_latency_ms"] is None else f"{b['last_latency_ms']} ms",
-        cred_text,
-        b["last_error"] or "",
-    ]
-    cls = "up" if b["reachable"] else "down"
-    return f'<tr class="{cls}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-
-
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Notebook Kernels Mixer</title>
-<meta http-equiv="refresh" content="5">
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: .3em .8em; border-bottom: 1px solid #ddd; }}
-tr.down td {{ color: #a00; }} th {{ text-align: left; }}
-</style></head>
-<body><h1>Notebook Kernels Mixer</h1>
-<p>Version {version} · {websockets} kernel websockets relayed now · refreshes every 5 s</p>
-<table><tr><th>backend</th><th>url</th><th>reachable</th><th>kernels</th>
-<th>last latency</th><th>credentials</th><th>last error</th></tr>
-{rows}</table></body></html>
-"""

@@ -85,6 +85,7 @@ async def mixer() -> AsyncIterator[MixerFactory]:
                 "token": getattr(target, "token", None),
                 "request_timeout": request_timeout,
                 "list_timeout": list_timeout,
+                "sessions": "backend",  # the fakes keep their own sessions
                 **(overrides[0] if overrides else {}),
             })
             for name, target, *overrides in backends
@@ -98,7 +99,7 @@ async def mixer() -> AsyncIterator[MixerFactory]:
             log=log or LogConfig(),
             **config,
         )
-        app = build_app(cfg)
+        app = await build_app(cfg)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

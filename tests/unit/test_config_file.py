@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from notebook_kernels_mixer import cli, launcher
-from notebook_kernels_mixer.cli import config_from_args, mixer_parser
+from notebook_kernels_mixer import cli, lab
+from notebook_kernels_mixer.cli import config_from_args, given_options, mixer_parser
 from notebook_kernels_mixer.config import MixerConfig
-from notebook_kernels_mixer.config_file import (
-    ConfigFileError,
-    apply_files,
-    given_options,
-    load_files,
-)
+from notebook_kernels_mixer.config_file import ConfigFileError, apply_files, load_files
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mixer.toml"
 
@@ -31,7 +26,7 @@ def write(tmp_path: Path, text: str, name: str = "mixer.toml") -> Path:
 def combined(files: list[Path], *argv: str, environ: dict[str, str] | None = None) -> MixerConfig:
     parser = mixer_parser()
     args = parser.parse_args(list(argv))
-    return apply_files(files, config_from_args(args), given_options(parser, list(argv)),
+    return apply_files(files, config_from_args(args), given_options(list(argv)),
                        environ=environ or {})
 
 
@@ -159,14 +154,13 @@ def test_mixer_table_token_and_several_files(tmp_path: Path) -> None:
 
 
 def test_given_options_tells_flags_from_defaults() -> None:
-    parser = mixer_parser()
-    assert given_options(parser, []) == set()
+    assert given_options([]) == set()
     argv = ["--port", "1", "-jupyter-token=x", "--config=a", "--log-all-request-headers"]
-    assert given_options(parser, argv) == {
+    assert given_options(argv) == {
         "port", "jupyter_token", "config", "log_all_request_headers"
     }
-    # the parser's defaults are intact afterwards
-    assert parser.parse_args([]).port == 8081
+    # the ordinary parser keeps its defaults
+    assert mixer_parser().parse_args([]).port == 8081
 
 
 # -- bad configuration: a clear error naming the file and the entry, exit status 2 ----------------
@@ -227,7 +221,7 @@ BAD = {
     ),
     "bad name": (
         '[[backends]]\nname = "My-GPU"\nurl = "http://x/"\n',
-        ["[[backends]] entry 1", "'My-GPU' must match [a-z0-9_]+"],
+        ["backend 'My-GPU' (entry 1)", "'My-GPU' must match [a-z0-9_]+"],
     ),
     "missing name": (
         '[[backends]]\nurl = "http://x/"\n',
@@ -308,9 +302,9 @@ def test_the_mixer_command_exits_2(tmp_path: Path) -> None:
 # -- mixer lab refuses a bad or conflicting file before it starts anything --------------------
 def test_lab_checks_the_config_first(tmp_path: Path, capsys) -> None:
     bad = write(tmp_path, GOOD_ENTRY + 'auth = "nope"\n', "bad.toml")
-    assert launcher.main(["--config", str(bad), "--log-dir", str(tmp_path / "logs")]) == 2
+    assert lab.main(["--config", str(bad), "--log-dir", str(tmp_path / "logs")]) == 2
     assert "unknown auth kind 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()  # nothing was started
     local = write(tmp_path, '[[backends]]\nname = "local"\nurl = "http://localhost:1/"\n', "l.toml")
-    assert launcher.main(["--config", str(local)]) == 2
+    assert lab.main(["--config", str(local)]) == 2
     assert "mixer lab starts the local backend itself" in capsys.readouterr().err

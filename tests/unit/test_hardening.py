@@ -81,7 +81,7 @@ async def test_backend_dying_mid_message_closes_client(fakes, mixer) -> None:
         m = await mixer([("local", local), ("broken", broken.url)])
         kernel = "4b6a3a3e-3a8e-4c43-9bde-9df6a1ad7f10"
         registry = m.app[REGISTRY]
-        registry.remember_kernel(kernel, registry.backends["broken"])
+        registry.created_kernel(kernel, registry.backends["broken"])
         url = m.url.replace("http", "ws") + f"/api/kernels/{kernel}/channels"
         async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
             await ws.send_str("hello")

@@ -91,7 +91,7 @@ async def test_unreachable_backend_closes_the_socket(fakes, mixer, blackhole, ta
     m = await mixer([("local", local), ("remote", url_of[target])], request_timeout=0.5)
     kernel = "1b8636b2-d964-4f3e-95bd-71eff87da38e"
     registry = m.app[REGISTRY]
-    registry.remember_kernel(kernel, registry.backends["remote"])
+    registry.created_kernel(kernel, registry.backends["remote"])
     url = m.url.replace("http", "ws") + f"/api/kernels/{kernel}/channels"
     async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
         msg = await ws.receive(timeout=10)
@@ -114,10 +114,15 @@ async def test_concurrent_sockets_of_one_session_get_their_own_backend_session(f
     # same session_id; the backend would route the kernel's replies by that id.
     local, m, url = await setup(fakes, mixer)
     first = await m.session.ws_connect(url, headers={"token": TOKEN})
+    await first.send_str("one")
+    assert (await first.receive(timeout=5)).data == "one"
+    # A live client reads its socket, and so answers the mixer's ping.
+    pending = asyncio.ensure_future(first.receive(timeout=10))
     second = await m.session.ws_connect(url, headers={"token": TOKEN})
-    for ws, text in ((first, "one"), (second, "two")):
-        await ws.send_str(text)
-        assert (await ws.receive(timeout=5)).data == text
+    await second.send_str("two")
+    assert (await second.receive(timeout=5)).data == "two"
+    await first.send_str("one again")
+    assert (await pending).data == "one again"  # the first socket was kept
     await first.close()
     await second.close()
     await settle_relays(m)
@@ -126,6 +131,28 @@ async def test_concurrent_sockets_of_one_session_get_their_own_backend_session(f
     sessions = [s.query for s in local.seen if s.path.endswith("/channels")]
     assert sessions[0] == "session_id=s1" and sessions[2] == "session_id=s1"
     assert sessions[1].startswith("session_id=s1.") and sessions[1] != sessions[0]
+
+
+async def test_a_reconnect_replaces_a_half_open_socket_of_its_session(fakes, mixer):
+    # After a laptop sleep the old socket is half-open: it takes writes and never
+    # answers. The reconnect must keep the client's session id (so the backend replaces
+    # the stale connection and replays what was missed), and the stale one is closed.
+    local, m, url = await setup(fakes, mixer)
+    stale = await m.session.ws_connect(url, headers={"token": TOKEN}, autoping=False)
+    await stale.send_str("before the sleep")
+    # The stale client reads nothing any more: the mixer's ping goes unanswered.
+    fresh = await m.session.ws_connect(url, headers={"token": TOKEN})
+    await fresh.send_str("after")
+    assert (await fresh.receive(timeout=5)).data == "after"
+    sessions = [s.query for s in local.seen if s.path.endswith("/channels")]
+    assert sessions == ["session_id=s1", "session_id=s1"]
+    for _ in range(100):  # the stale socket was closed by the mixer
+        if m.app[RELAY].live == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert m.app[RELAY].live == 1
+    await fresh.close()
+    await stale.close()
 
 
 async def settle_relays(m) -> None:

@@ -1,5 +1,5 @@
 """Sessions on backends without a usable sessions API (Kernel/Enterprise Gateway):
-the mixer keeps them over the backend's kernels API (backends/gateway.py).
+the mixer keeps them over the backend's kernels API (resources/session_stores.py).
 
 The fake gateway behaves as the real ones were observed to: no ``GET /api/status``,
 ``GET /api/sessions/{id}`` broken (500), and optionally listing forbidden (403).
@@ -12,11 +12,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from notebook_kernels_mixer.backends import build_backend
+from notebook_kernels_mixer.backends import Backend, build_backend
 from notebook_kernels_mixer.backends.credentials import Credentials
-from notebook_kernels_mixer.backends.gateway import GatewayBackend
 from notebook_kernels_mixer.config import BackendConfig
 from notebook_kernels_mixer.errors import BackendError
+from notebook_kernels_mixer.resources.backend_kernels import BackendKernels
+from notebook_kernels_mixer.resources.session_stores import (
+    AutoSessions,
+    ForwardedSessions,
+    KeptSessions,
+    session_store,
+)
+from notebook_kernels_mixer.state import MEMORY, StateStore
 from tests.fakes import FakeJupyter
 
 
@@ -53,13 +60,21 @@ def nb(kernel: str) -> dict[str, Any]:
             "kernel": {"name": kernel}}
 
 
-def test_factory_builds_a_gateway_backend_unless_the_backend_keeps_sessions() -> None:
-    def build(sessions: str):
-        return build_backend(BackendConfig("kg", " (KG)", "http://127.0.0.1:1/", sessions=sessions))
+def store_for(config: BackendConfig, state: StateStore | None = None) -> object:
+    backend = build_backend(config)
+    return session_store(BackendKernels(backend, known=list), state or StateStore(MEMORY))
 
-    assert isinstance(build("auto"), GatewayBackend)
-    assert isinstance(build("mixer"), GatewayBackend)
-    assert type(build("backend")).__name__ == "Backend"
+
+def test_the_configured_policy_picks_the_store() -> None:
+    def store(sessions: str, auth: str = "none") -> object:
+        return store_for(BackendConfig("kg", " (KG)", "http://127.0.0.1:1/", auth=auth,
+                                       sessions=sessions))
+
+    assert isinstance(store("auto"), AutoSessions)
+    assert isinstance(store("mixer"), KeptSessions)
+    assert isinstance(store("backend"), ForwardedSessions)
+    # Google's kernel service keeps its own sessions; it is not asked
+    assert isinstance(store("auto", auth="google-adc"), ForwardedSessions)
 
 
 async def test_a_session_moves_onto_a_gateway_and_back(fakes, mixer) -> None:
@@ -154,24 +169,23 @@ async def test_auto_asks_the_backend_once() -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
     try:
-        for status, mode in ((200, "backend"), (404, "mixer")):
+        for status, kind in ((200, "backend"), (404, "mixer")):
             answers["status"] = status
-            backend = GatewayBackend(BackendConfig("b", "", url, sessions="auto"), Credentials())
+            backend = Backend(BackendConfig("b", "", url, sessions="auto"), Credentials())
             await backend.start()
-            assert await backend.sessions_mode() == mode
-            assert await backend.sessions_mode() == mode
+            store = session_store(BackendKernels(backend, known=list), StateStore(MEMORY))
+            assert store.kind == "not known yet"
+            await store.store()  # type: ignore[attr-defined]
+            await store.store()  # type: ignore[attr-defined]
+            assert store.kind == kind
             await backend.close()
         assert len(asked) == 2  # once per backend
         answers["status"] = 401
-        backend = GatewayBackend(BackendConfig("b", "", url, sessions="auto"), Credentials())
+        backend = Backend(BackendConfig("b", "", url, sessions="auto"), Credentials())
         await backend.start()
+        store = session_store(BackendKernels(backend, known=list), StateStore(MEMORY))
         with pytest.raises(BackendError, match="cannot tell whether it keeps sessions"):
-            await backend.sessions_mode()
+            await store.list()
         await backend.close()
-        # Google's kernel service keeps its own sessions; it is not asked
-        google = GatewayBackend(BackendConfig("g", "", url, auth="google-adc", sessions="auto"),
-                                Credentials())
-        assert await google.sessions_mode() == "backend"
-        assert len(asked) == 3
     finally:
         await runner.cleanup()

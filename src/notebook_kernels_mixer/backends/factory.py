@@ -9,7 +9,6 @@ from notebook_kernels_mixer.backends.credentials import (
     GoogleAdcToken,
     StaticToken,
 )
-from notebook_kernels_mixer.backends.gateway import GatewayBackend
 from notebook_kernels_mixer.config import BackendConfig
 
 
@@ -25,7 +24,4 @@ def credentials_for(config: BackendConfig) -> Credentials:
 
 
 def build_backend(config: BackendConfig) -> Backend:
-    if config.sessions != "backend":
-        # Kernel/Enterprise Gateway: the mixer keeps the sessions (backends/gateway.py).
-        return GatewayBackend(config, credentials_for(config))
     return Backend(config, credentials_for(config))

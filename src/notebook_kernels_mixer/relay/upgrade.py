@@ -1,4 +1,5 @@
-"""A raw connection to a backend for a websocket upgrade, spliced afterwards.
+"""The backend leg of a kernel websocket: a raw connection that sends the client's
+upgrade and is spliced with the client's connection afterwards (``relay.tunnel``).
 
 The mixer does not terminate kernel websockets: it forwards the client's handshake
 (its ``Sec-WebSocket-Key``, subprotocols and extensions) to the backend, hands the
@@ -10,14 +11,25 @@ nothing needs decoding, re-masking or re-framing, and many small messages cost o
 
 ``UpgradeConnection`` is the asyncio protocol of the backend leg: it collects the
 answer's head, then passes every byte to a ``Sink`` (the relay's tunnel).
+``Dialer.upgrade`` opens such a connection to one backend, with that backend's
+credentials, within the backend's request timeout (credentials included).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, cast
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 from multidict import CIMultiDict
+from yarl import URL
+
+from notebook_kernels_mixer.backends import Backend
+from notebook_kernels_mixer.errors import BackendError, BadRequest, NotFound
 
 MAX_HEAD = 64 * 1024
 
@@ -116,3 +128,104 @@ class UpgradeConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._sink is not None:
             self._sink.resume_client()
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """A backend connection that answered a websocket upgrade with 101."""
+
+    connection: UpgradeConnection
+    headers: CIMultiDict[str]
+    #: Bytes the backend sent right after its head (already websocket frames).
+    rest: bytes
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self.connection.transport is not None
+        return self.connection.transport
+
+
+class Dialer:
+    """Opens upgrade connections to one backend.
+
+    Addresses are resolved once a minute, not per connection (200 kernels
+    reconnecting at once must not queue on getaddrinfo); the TLS context is built
+    once, off the event loop (loading the CA bundle reads files).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._addresses: tuple[float, list[tuple[int, Any]]] | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    async def upgrade(self, path: str, query: str, headers: Mapping[str, str]) -> Upgrade:
+        """Send the upgrade (the client's handshake headers plus the backend's
+        credentials); return once the backend said 101. A 401/403 is retried once
+        with fresh credentials; 404 means no such kernel (``NotFound``)."""
+        backend = self.backend
+        for name, value in headers.items():
+            if any(c in name or c in value for c in "\r\n\0"):
+                raise BadRequest(f"invalid characters in header {name!r}")
+        url = backend.url_for(path, query)
+        deadline = time.monotonic() + backend.config.request_timeout
+        for attempt in (1, 2):
+            auth = await backend.auth_headers(max(deadline - time.monotonic(), 0.001))
+            lines = [f"GET {url.raw_path_qs} HTTP/1.1", f"Host: {url.raw_authority}"]
+            lines += [f"{k}: {v}" for k, v in {**headers, **auth}.items()]
+            started = time.perf_counter()
+            status, upgrade = await self._exchange(url, lines, deadline, path)
+            if status == 101:
+                backend.health.success(time.perf_counter() - started)
+                return upgrade
+            upgrade.transport.close()
+            if status in (401, 403) and attempt == 1 and backend.credentials.rejected(auth):
+                continue
+            if status == 404:
+                raise NotFound(f"backend {backend.name!r} has no such kernel")
+            raise BackendError(backend.name, f"refused the websocket for {path}: HTTP {status}")
+        raise AssertionError("unreachable")
+
+    async def _exchange(self, url: URL, lines: list[str], deadline: float,
+                        path: str) -> tuple[int, Upgrade]:
+        transport: asyncio.Transport | None = None
+        try:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            transport, conn = await asyncio.wait_for(self._connect(url), remaining)
+            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            remaining = max(deadline - time.monotonic(), 0.001)
+            status, answer, rest = await asyncio.wait_for(conn.head, remaining)
+        except UpgradeError as exc:
+            if transport is not None:
+                transport.close()
+            error = BackendError(self.backend.name, f"{exc} to the websocket upgrade for {path}")
+            self.backend.health.failure(error)
+            raise error from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            if transport is not None:
+                transport.close()
+            raise self.backend.failed(exc, f"websocket upgrade for {path}") from None
+        return status, Upgrade(conn, answer, rest)
+
+    async def _connect(self, url: URL) -> tuple[asyncio.Transport, UpgradeConnection]:
+        loop = asyncio.get_running_loop()
+        host, port = url.host or "localhost", url.port or (443 if url.scheme == "https" else 80)
+        now = time.monotonic()
+        if self._addresses is None or now > self._addresses[0]:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            self._addresses = (now + 60.0, [(info[0], info[4]) for info in infos])
+        tls = url.scheme == "https"
+        if tls and self._ssl is None:
+            self._ssl = await asyncio.to_thread(ssl.create_default_context)
+        last: OSError | None = None
+        for family, address in self._addresses[1]:
+            try:
+                transport, conn = await loop.create_connection(
+                    UpgradeConnection, address[0], address[1], family=family,
+                    ssl=self._ssl if tls else None, server_hostname=host if tls else None,
+                )
+            except OSError as exc:
+                last = exc
+                continue
+            return cast(asyncio.Transport, transport), conn
+        self._addresses = None
+        raise last or OSError(f"no address for {host}")

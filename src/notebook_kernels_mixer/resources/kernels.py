@@ -7,46 +7,40 @@ Models keep the backend's fields and formats untouched (GatewayClient parses
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend
-from notebook_kernels_mixer.errors import BackendError, BadRequest, NotFound
+from notebook_kernels_mixer.errors import BackendError, BadRequest, Conflict, NotFound
 from notebook_kernels_mixer.relay import Relay
-from notebook_kernels_mixer.resources.common import (
-    field,
-    json_response,
-    passthrough,
-    read_json_object,
-)
+from notebook_kernels_mixer.resources.backend_kernels import BackendKernels, Model
+from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
+from notebook_kernels_mixer.resources.fanout import merged
 from notebook_kernels_mixer.resources.naming import checked_id, prefixed
-from notebook_kernels_mixer.resources.registry import Registry, all_failed
+from notebook_kernels_mixer.resources.registry import Registry
 
 log = logging.getLogger(__name__)
 
+DefaultSpec = Callable[[], Awaitable[tuple[Backend, str | None]]]
+
 
 # -- pure translation -------------------------------------------------------------------
-def translate_kernel(model: Any, backend: str) -> dict[str, Any] | None:
-    if not isinstance(model, dict) or not isinstance(model.get("id"), str):
-        return None
+def translate_kernel(model: Model, backend: str) -> Model:
     name = model.get("name")
-    if isinstance(name, str):
-        return {**model, "name": prefixed(backend, name)}
-    return dict(model)
-
-
-def translate_kernels(answer: Any, backend: str) -> list[dict[str, Any]]:
-    if not isinstance(answer, list):
-        raise BackendError(backend, "answered something that is not a list of kernels")
-    return [k for k in (translate_kernel(m, backend) for m in answer) if k is not None]
+    return {**model, "name": prefixed(backend, name)} if isinstance(name, str) else dict(model)
 
 
 # -- handlers ----------------------------------------------------------------------------
 class KernelsHandlers:
-    def __init__(self, registry: Registry, relay: Relay) -> None:
+    def __init__(self, registry: Registry, relay: Relay, kernels: dict[str, BackendKernels],
+                 default_spec: DefaultSpec) -> None:
         self.registry = registry
         self.relay = relay
+        self.kernels = kernels
+        self.default_spec = default_spec
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -60,91 +54,86 @@ class KernelsHandlers:
             web.get("/api/kernels/{kernel_id}/channels", self.channels),
         ]
 
-    async def _list_one(self, backend: Backend) -> list[dict[str, Any]]:
-        for attempt in (1, 2):
-            resp = await backend.request("GET", "/api/kernels", timeout=backend.config.list_timeout)
-            # jupyter_server 2.21 sometimes answers 500 while a kernel is starting
-            # (last_activity still None); a second look a moment later is fine.
-            if resp.status < 500 or attempt == 2:
-                break
-        if resp.status != 200:
-            raise BackendError(backend.name, f"answered HTTP {resp.status} to GET /api/kernels")
-        kernels = translate_kernels(resp.json(), backend.name)
-        for kernel in kernels:
-            self.registry.remember_kernel(kernel["id"], backend)
-        return kernels
+    async def listing(self, backend: Backend) -> list[Model]:
+        """One backend's kernels, translated; ownership learnt, gone ones forgotten."""
+        started = time.monotonic()
+        models = await self.kernels[backend.name].list()
+        self.registry.prune(backend, started=started, kernels=[m["id"] for m in models])
+        return [translate_kernel(m, backend.name) for m in models
+                if self.registry.listed_kernel(m["id"], backend)]
 
     async def list(self, request: web.Request) -> web.Response:
-        results = await self.registry.gather(self._list_one)
-        failed = all_failed(results)
-        if failed is not None:
-            raise failed
-        merged = [k for _, r in results if isinstance(r, list) for k in r]
-        return json_response(merged)
+        return json_response(merged(await self.registry.fanout.listing("kernels", self.listing)))
 
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         name = field(body, "name", str, "a string")
-        field(body, "env", dict, "an object")
+        env = field(body, "env", dict, "an object") or {}
         field(body, "path", str, "a string")
+        chosen = env.get("KERNEL_ID")
+        if isinstance(chosen, str) and self.registry.owner(chosen) is not None:
+            # Enterprise Gateway lets a client choose the id; one the mixer already
+            # routes elsewhere would make two kernels share it.
+            raise Conflict(f"kernel id {chosen!r} (env.KERNEL_ID) is already in use")
         if name is None:
-            backend, forward = self.registry.default, dict(body)
+            backend, bare = await self.default_spec()
         else:
             backend, bare = self.registry.spec_backend(name)
-            forward = {**body, "name": bare}
-        resp = await backend.request("POST", "/api/kernels", json=forward)
-        if not resp.ok:
-            return passthrough(resp)
-        model = translate_kernel(resp.json(), backend.name)
-        if model is None:
-            raise BackendError(backend.name, "answered a kernel start without a kernel model")
-        self.registry.remember_kernel(model["id"], backend)
-        headers = {"Location": f"/api/kernels/{checked_id(model['id'], 'kernel')}"}
-        response = json_response(model, status=resp.status, backend=backend.name)
-        response.headers.update(headers)
+        forward = {**body, "name": bare} if bare else {k: v for k, v in body.items() if k != "name"}
+        status, model = await self.kernels[backend.name].start(forward)
+        self.registry.created_kernel(model["id"], backend)
+        response = json_response(translate_kernel(model, backend.name), status=status,
+                                 backend=backend.name)
+        response.headers["Location"] = f"/api/kernels/{checked_id(model['id'], 'kernel')}"
         return response
 
-    async def _owner(self, request: web.Request) -> tuple[Backend, str, str]:
-        kernel_id = request.match_info["kernel_id"]
-        quoted = checked_id(kernel_id, "kernel")
-        return await self.registry.kernel_owner(kernel_id), kernel_id, quoted
+    async def owner(self, kernel_id: str) -> Backend:
+        """The backend that runs ``kernel_id``; asks them all for an id not known yet."""
+        checked_id(kernel_id, "kernel")
+        known = self.registry.owner(kernel_id)
+        if known is not None:
+            return known
+
+        async def has(backend: Backend) -> None:
+            if await self.kernels[backend.name].get(kernel_id) is None:
+                raise NotFound(f"kernel {kernel_id!r} not found")
+
+        backend = await self.registry.find(f"kernel {kernel_id!r}", has)
+        self.registry.listed_kernel(kernel_id, backend)
+        return backend
 
     async def get(self, request: web.Request) -> web.Response:
-        backend, kernel_id, quoted = await self._owner(request)
-        resp = await backend.request("GET", f"/api/kernels/{quoted}")
-        return self._kernel_answer(resp, backend, kernel_id)
+        kernel_id = request.match_info["kernel_id"]
+        backend = await self.owner(kernel_id)
+        model = await self.kernels[backend.name].get(kernel_id)
+        if model is None:
+            self._gone(kernel_id)
+        return json_response(translate_kernel(model, backend.name), backend=backend.name)
+
+    def _gone(self, kernel_id: str) -> Any:
+        self.registry.forget_kernel(kernel_id)
+        raise NotFound(f"kernel {kernel_id!r} not found")
 
     async def delete(self, request: web.Request) -> web.Response:
-        backend, kernel_id, quoted = await self._owner(request)
-        resp = await backend.request("DELETE", f"/api/kernels/{quoted}")
-        if resp.ok or resp.status == 404:
-            self.registry.forget_kernel(kernel_id)
-        if resp.status == 404:
-            raise NotFound(f"kernel {kernel_id!r} not found")
-        return passthrough(resp)
+        kernel_id = request.match_info["kernel_id"]
+        backend = await self.owner(kernel_id)
+        if not await self.kernels[backend.name].delete(kernel_id):
+            self._gone(kernel_id)
+        self.registry.forget_kernel(kernel_id)
+        return web.Response(status=204, headers={"X-Mixer-Backend": backend.name})
 
     async def action(self, request: web.Request) -> web.Response:
-        backend, kernel_id, quoted = await self._owner(request)
-        action = request.match_info["action"]
-        # GatewayClient posts "{}" here: whatever the body is, it is not a kernel model,
-        # and the backends ignore it; send an empty object.
-        resp = await backend.request("POST", f"/api/kernels/{quoted}/{action}", json={})
-        if resp.status == 200 and resp.body:
-            return self._kernel_answer(resp, backend, kernel_id)
-        if resp.status == 404:
-            raise NotFound(f"kernel {kernel_id!r} not found")
-        return passthrough(resp)
-
-    def _kernel_answer(self, resp: Any, backend: Backend, kernel_id: str) -> web.Response:
-        if resp.status == 404:
-            self.registry.forget_kernel(kernel_id)
-            raise NotFound(f"kernel {kernel_id!r} not found")
-        if resp.status != 200:
-            return passthrough(resp)
-        model = translate_kernel(resp.json(), backend.name)
+        kernel_id = request.match_info["kernel_id"]
+        backend = await self.owner(kernel_id)
+        try:
+            status, model = await self.kernels[backend.name].action(
+                kernel_id, request.match_info["action"])
+        except NotFound:
+            self._gone(kernel_id)
         if model is None:
-            raise BackendError(backend.name, "answered something that is not a kernel model")
-        return json_response(model, backend=backend.name)
+            return web.Response(status=status, headers={"X-Mixer-Backend": backend.name})
+        return json_response(translate_kernel(model, backend.name), status=status,
+                             backend=backend.name)
 
     async def channels(self, request: web.Request) -> web.StreamResponse:
         kernel_id = request.match_info["kernel_id"]
@@ -152,15 +141,13 @@ class KernelsHandlers:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise BadRequest("this endpoint takes a websocket upgrade")
         try:
-            backend = await self.registry.kernel_owner(kernel_id)
-        except NotFound:
-            raise
+            backend = await self.owner(kernel_id)
         except BackendError as exc:
             # Closing (not an HTTP error) makes JupyterLab retry rather than declare
             # the kernel dead (SPEC §4).
             return await self.relay.refuse(request, exc)
-        return await self.relay.run(
-            request, backend, f"/api/kernels/{quoted}/channels", on_missing=lambda: (
-                self.registry.forget_kernel(kernel_id)
-            )
-        )
+        try:
+            return await self.relay.run(request, backend, f"/api/kernels/{quoted}/channels")
+        except NotFound:
+            self._gone(kernel_id)
+            raise

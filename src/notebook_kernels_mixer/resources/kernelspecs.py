@@ -20,8 +20,9 @@ from aiohttp import web
 from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.errors import BackendError, NotFound
 from notebook_kernels_mixer.resources.common import json_response, passthrough
+from notebook_kernels_mixer.resources.fanout import all_failed
 from notebook_kernels_mixer.resources.naming import checked_resource_path, prefixed
-from notebook_kernels_mixer.resources.registry import Registry, all_failed
+from notebook_kernels_mixer.resources.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,7 @@ class KernelspecsCache:
         return callback
 
     async def _fetch(self, backend: Backend) -> BackendSpecs:
-        status, answer = await backend.request_json("GET", "/api/kernelspecs")
-        if status != 200:
-            raise BackendError(backend.name, f"answered HTTP {status} to GET /api/kernelspecs")
+        answer = await backend.call("GET", "/api/kernelspecs")
         view = translate_specs(answer, backend.name, backend.suffix)
         self._entries[backend.name] = (time.monotonic(), view)
         return view
@@ -147,25 +146,41 @@ class KernelspecsHandlers:
             web.get("/kernelspecs/{name}/{resource:.+}", self.resource),
         ]
 
-    async def list(self, request: web.Request) -> web.Response:
-        results = await self.registry.gather(self.cache.get)
-        failed = all_failed(results)
-        if failed is not None:
-            raise failed
-        answers = {b.name: r for b, r in results if isinstance(r, BackendSpecs)}
+    async def merged(self) -> dict[str, Any]:
+        """Every backend's specs. A backend that cannot answer keeps its last-known
+        specs in the picker (within the retention window, like its kernels), but the
+        default comes from the backends that answer now (SPEC §3)."""
+        answers = await self.registry.fanout.listing("kernelspecs", self.cache.get)
+        if not any(a.usable for a in answers):
+            raise all_failed(answers)
         order = [self.registry.default.name, self.registry.local.name, *self.registry.names]
-        views = [answers.pop(name) for name in order if name in answers]
-        return json_response(merge(views))
+        rank = {name: order.index(name) for name in self.registry.names}
+        usable = sorted((a for a in answers if a.usable),
+                        key=lambda a: (not a.ok, rank[a.backend.name]))
+        return merge([a.value for a in usable if a.value is not None])
+
+    async def default_spec(self) -> tuple[Backend, str | None]:
+        """The backend and bare name of the default the listing advertises (a request
+        without a kernel name goes there); the default backend if nobody answers."""
+        try:
+            default = (await self.merged())["default"]
+        except BackendError:
+            return self.registry.default, None
+        if not isinstance(default, str):
+            return self.registry.default, None
+        return self.registry.spec_backend(default)
+
+    async def list(self, request: web.Request) -> web.Response:
+        return json_response(await self.merged())
 
     async def get(self, request: web.Request) -> web.Response:
         backend, bare = self.registry.spec_backend(request.match_info["name"])
         checked_resource_path(bare)
-        resp = await backend.request("GET", f"/api/kernelspecs/{bare}")
-        if resp.status == 404:
-            raise NotFound(f"no kernelspec {request.match_info['name']!r}")
-        if resp.status != 200:
-            return passthrough(resp)
-        model = translate_spec(resp.json(), backend.name, backend.suffix)
+        try:
+            answer = await backend.call("GET", f"/api/kernelspecs/{bare}")
+        except NotFound:
+            raise NotFound(f"no kernelspec {request.match_info['name']!r}") from None
+        model = translate_spec(answer, backend.name, backend.suffix)
         if model is None:
             raise BackendError(backend.name, "answered something that is not a kernelspec")
         return json_response(model, backend=backend.name)

@@ -1,29 +1,33 @@
-"""Sessions (SPEC §4), including the switch of a notebook between backends.
+"""Notebook sessions (SPEC §4), including the move of a notebook between backends.
 
-A PATCH that moves a session's kernel to a spec of another backend creates the
-session there first and only then deletes it on the old backend (which shuts the old
-kernel down), so a failure leaves the notebook where it was. The client keeps the
-session id it knows; the registry maps it to the new backend's session id.
+Each backend's sessions live in its ``SessionStore`` (its own API, or kept by the
+mixer). A PATCH that moves a session's kernel to a spec of another backend creates
+the session there first and only then deletes it on the old backend (which shuts
+the old kernel down), so a failure leaves the notebook where it was. The client keeps
+the session id it knows; the registry maps it to the new backend's session id. Moves
+of one session are serialized, so two concurrent moves cannot leave an orphan.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
-from notebook_kernels_mixer.backends import Backend, BackendResponse
+from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.errors import BackendError, BadRequest, NotFound
-from notebook_kernels_mixer.resources.common import (
-    field,
-    json_response,
-    passthrough,
-    read_json_object,
-)
-from notebook_kernels_mixer.resources.kernels import translate_kernel
+from notebook_kernels_mixer.resources.backend_kernels import Model
+from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
+from notebook_kernels_mixer.resources.fanout import merged
+from notebook_kernels_mixer.resources.kernels import DefaultSpec, KernelsHandlers, translate_kernel
 from notebook_kernels_mixer.resources.naming import checked_id
-from notebook_kernels_mixer.resources.registry import Registry, all_failed
+from notebook_kernels_mixer.resources.registry import Registry
+from notebook_kernels_mixer.resources.session_stores import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +35,16 @@ _MODEL_FIELDS = ("path", "name", "type")
 
 
 # -- pure translation -------------------------------------------------------------------
-def translate_session(model: Any, backend: str, client_id: str | None = None) -> dict[str, Any] | None:
-    if not isinstance(model, dict) or not isinstance(model.get("id"), str):
-        return None
-    out = dict(model)
-    if client_id is not None:
-        out["id"] = client_id
+def translate_session(model: Model, backend: str, client_id: str) -> Model:
+    out = {**model, "id": client_id}
     kernel = model.get("kernel")
-    if kernel is not None:
-        out["kernel"] = translate_kernel(kernel, backend) or kernel
+    if isinstance(kernel, dict):
+        out["kernel"] = translate_kernel(kernel, backend)
     return out
 
 
-def _kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
+def kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``kernel`` of a session request, checked; 400 for wrong types."""
     if "kernel" in body and body["kernel"] is None:
         # jupyter_server answers this with a 500 (AttributeError); say what is wrong.
         raise BadRequest("'kernel' must be an object, not null")
@@ -58,8 +59,13 @@ def _kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
 
 # -- handlers ----------------------------------------------------------------------------
 class SessionsHandlers:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, stores: dict[str, SessionStore],
+                 kernels: KernelsHandlers, default_spec: DefaultSpec) -> None:
         self.registry = registry
+        self.stores = stores
+        self.kernels = kernels
+        self.default_spec = default_spec
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # lock, [users]
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -72,47 +78,34 @@ class SessionsHandlers:
             web.delete("/api/sessions/{session_id}", self.delete),
         ]
 
-    def _answer(self, backend: Backend, model: Any, *, status: int = 200,
-                client_id: str | None = None) -> web.Response:
-        if not isinstance(model, dict) or not isinstance(model.get("id"), str):
-            raise BackendError(backend.name, "answered something that is not a session model")
-        client_id = client_id or self.registry.client_session_id(backend, model["id"])
+    def _answer(self, backend: Backend, model: Model, client_id: str, status: int = 200) -> web.Response:
         self.registry.remember_session(client_id, backend, model["id"])
-        self._remember_kernel(model, backend)
-        translated = translate_session(model, backend.name, client_id)
-        return json_response(translated, status=status, backend=backend.name)
-
-    def _remember_kernel(self, model: dict[str, Any], backend: Backend) -> None:
         kernel = model.get("kernel")
         if isinstance(kernel, dict) and isinstance(kernel.get("id"), str):
-            self.registry.remember_kernel(kernel["id"], backend)
+            self.registry.listed_kernel(kernel["id"], backend)
+        return json_response(translate_session(model, backend.name, client_id), status=status,
+                             backend=backend.name)
 
-    async def _list_one(self, backend: Backend) -> list[dict[str, Any]]:
-        status, answer = await backend.request_json(
-            "GET", "/api/sessions", timeout=backend.config.list_timeout
-        )
-        if status == 404:
-            return []  # Kernel/Enterprise Gateway have no sessions API
-        if status != 200 or not isinstance(answer, list):
-            raise BackendError(backend.name, f"answered HTTP {status} without a session list")
+    # -- list ------------------------------------------------------------------------------
+    async def listing(self, backend: Backend) -> list[Model]:
+        started = time.monotonic()
+        models = await self.stores[backend.name].list()
+        self.registry.prune(backend, started=started, sessions=[m["id"] for m in models])
         out = []
-        for model in answer:
-            if not isinstance(model, dict) or not isinstance(model.get("id"), str):
-                continue
+        for model in models:
             client_id = self.registry.client_session_id(backend, model["id"])
             if not self.registry.learn_session(client_id, backend, model["id"]):
                 continue  # a stale copy: the session moved while this list was on its way
-            self._remember_kernel(model, backend)
+            kernel = model.get("kernel")
+            if isinstance(kernel, dict) and isinstance(kernel.get("id"), str):
+                self.registry.listed_kernel(kernel["id"], backend)
             out.append(translate_session(model, backend.name, client_id))
         return out
 
     async def list(self, request: web.Request) -> web.Response:
-        results = await self.registry.gather(self._list_one)
-        failed = all_failed(results)
-        if failed is not None:
-            raise failed
-        return json_response([s for _, r in results if isinstance(r, list) for s in r])
+        return json_response(merged(await self.registry.fanout.listing("sessions", self.listing)))
 
+    # -- create ------------------------------------------------------------------------------
     async def _target(self, kernel: dict[str, Any] | None) -> tuple[Backend | None, dict[str, Any] | None]:
         """The backend a kernel request points at, and the request for that backend."""
         if kernel is None:
@@ -121,87 +114,118 @@ class SessionsHandlers:
             backend, bare = self.registry.spec_backend(kernel["name"])
             return backend, {**kernel, "name": bare}
         if kernel.get("id") is not None:
-            checked_id(kernel["id"], "kernel")
-            return await self.registry.kernel_owner(kernel["id"]), dict(kernel)
+            return await self.kernels.owner(kernel["id"]), dict(kernel)
         return None, dict(kernel)
 
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
-        backend, kernel = await self._target(_kernel_request(body))
-        backend = backend or self.registry.default
+        backend, kernel = await self._target(kernel_request(body))
+        if backend is None:
+            # No kernel named: the default that the merged kernelspecs advertise.
+            backend, bare = await self.default_spec()
+            if bare is not None:
+                kernel = {**(kernel or {}), "name": bare}
         forward = {**body, "kernel": kernel} if kernel is not None else body
-        resp = await backend.request("POST", "/api/sessions", json=forward)
-        if not resp.ok:
-            return passthrough(resp)
-        return self._answer(backend, resp.json(), status=resp.status)
+        model = await self.stores[backend.name].create(forward)
+        return self._answer(backend, model, self.registry.client_session_id(backend, model["id"]),
+                            status=201)
+
+    # -- one session ------------------------------------------------------------------------
+    async def owner(self, client_id: str) -> tuple[Backend, str]:
+        checked_id(client_id, "session")
+        known = self.registry.session(client_id)
+        if known is not None:
+            return known
+
+        async def has(backend: Backend) -> None:
+            await self.stores[backend.name].get(client_id)
+
+        backend = await self.registry.find(f"session {client_id!r}", has)
+        self.registry.remember_session(client_id, backend, client_id)
+        return backend, client_id
+
+    @asynccontextmanager
+    async def _gone_if_missing(self, client_id: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except NotFound:
+            self.registry.forget_session(client_id)
+            raise NotFound(f"session {client_id!r} not found") from None
 
     async def get(self, request: web.Request) -> web.Response:
         client_id = request.match_info["session_id"]
-        backend, backend_sid = await self.registry.session_owner(client_id)
-        resp = await backend.request("GET", f"/api/sessions/{checked_id(backend_sid, 'session')}")
-        self._missing(resp, client_id)
-        if resp.status != 200:
-            return passthrough(resp)
-        return self._answer(backend, resp.json(), client_id=client_id)
+        backend, backend_sid = await self.owner(client_id)
+        async with self._gone_if_missing(client_id):
+            model = await self.stores[backend.name].get(backend_sid)
+        return self._answer(backend, model, client_id)
 
-    def _missing(self, resp: BackendResponse, client_id: str) -> None:
-        if resp.status == 404:
+    async def delete(self, request: web.Request) -> web.Response:
+        client_id = request.match_info["session_id"]
+        async with self._serialized(client_id):
+            backend, backend_sid = await self.owner(client_id)
+            async with self._gone_if_missing(client_id):
+                await self.stores[backend.name].delete(backend_sid)
             self.registry.forget_session(client_id)
-            raise NotFound(f"session {client_id!r} not found")
+        return web.Response(status=204, headers={"X-Mixer-Backend": backend.name})
+
+    @asynccontextmanager
+    async def _serialized(self, client_id: str) -> AsyncIterator[None]:
+        """One change at a time per session (two concurrent moves would each create
+        a session and leave one kernel running as an orphan)."""
+        lock, users = self._locks.setdefault(client_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                self._locks.pop(client_id, None)
 
     async def patch(self, request: web.Request) -> web.Response:
         client_id = request.match_info["session_id"]
         checked_id(client_id, "session")
         body = await read_json_object(request)
-        target, kernel = await self._target(_kernel_request(body))
-        backend, backend_sid = await self.registry.session_owner(client_id)
-        path = f"/api/sessions/{checked_id(backend_sid, 'session')}"
-        if target is None or target is backend:
-            forward = {**body, "kernel": kernel} if kernel is not None else body
-            resp = await backend.request("PATCH", path, json=forward)
-            self._missing(resp, client_id)
-            if resp.status != 200:
-                return passthrough(resp)
-            return self._answer(backend, resp.json(), client_id=client_id)
-        return await self._move(client_id, body, backend, path, target, kernel)
+        async with self._serialized(client_id):
+            target, kernel = await self._target(kernel_request(body))
+            backend, backend_sid = await self.owner(client_id)
+            if target is None or target is backend:
+                forward = {**body, "kernel": kernel} if kernel is not None else body
+                async with self._gone_if_missing(client_id):
+                    model = await self.stores[backend.name].patch(backend_sid, forward)
+                return self._answer(backend, model, client_id)
+            return await self._move(client_id, body, (backend, backend_sid), target, kernel)
 
-    async def _move(self, client_id: str, body: dict[str, Any], old: Backend, old_path: str,
+    async def _move(self, client_id: str, body: dict[str, Any], old: tuple[Backend, str],
                     new: Backend, kernel: dict[str, Any] | None) -> web.Response:
-        current = await old.request("GET", old_path)
-        self._missing(current, client_id)
-        if current.status != 200:
-            return passthrough(current)
-        model = current.json()
-        if not isinstance(model, dict):
-            raise BackendError(old.name, "answered something that is not a session model")
-        create = {f: v for f in _MODEL_FIELDS if (v := body.get(f, model.get(f))) is not None}
+        (old_backend, old_sid), old_store = old, self.stores[old[0].name]
+        async with self._gone_if_missing(client_id):
+            current = await old_store.get(old_sid)
+        create = {f: v for f in _MODEL_FIELDS if (v := body.get(f, current.get(f))) is not None}
         create["kernel"] = kernel
-        created = await new.request("POST", "/api/sessions", json=create)
-        if not created.ok:
-            return passthrough(created)  # the old session is untouched
-        answer = self._answer(new, created.json(), status=200, client_id=client_id)
+        model = await self._create_exactly(new, create)
+        answer = self._answer(new, model, client_id)
         try:
-            deleted = await old.request("DELETE", old_path)
-            if not deleted.ok and deleted.status != 404:
-                log.warning("session %s moved to %r; deleting it on %r answered HTTP %s",
-                            client_id, new.name, old.name, deleted.status)
-        except BackendError as exc:
+            await old_store.delete(old_sid)
+        except (BackendError, NotFound) as exc:
             log.warning("session %s moved to %r; deleting it on %r failed: %s",
-                        client_id, new.name, old.name, exc.cause)
-        old_kernel = model.get("kernel")
+                        client_id, new.name, old_backend.name, exc)
+        old_kernel = current.get("kernel")
         if isinstance(old_kernel, dict) and isinstance(old_kernel.get("id"), str):
             self.registry.forget_kernel(old_kernel["id"])
-        log.info("session %s moved from %r to %r", client_id, old.name, new.name)
+        log.info("session %s moved from %r to %r", client_id, old_backend.name, new.name)
         return answer
 
-    async def delete(self, request: web.Request) -> web.Response:
-        client_id = request.match_info["session_id"]
-        backend, backend_sid = await self.registry.session_owner(client_id)
-        resp = await backend.request(
-            "DELETE", f"/api/sessions/{checked_id(backend_sid, 'session')}"
-        )
-        self._missing(resp, client_id)
-        if resp.ok:
-            self.registry.forget_session(client_id)
-        return passthrough(resp)
-
+    async def _create_exactly(self, backend: Backend, create: dict[str, Any]) -> Model:
+        """Create the session on ``backend``; if it already had one for the path (a
+        backend answers a create for an existing path with that session), make sure
+        its kernel is the one asked for."""
+        store = self.stores[backend.name]
+        model = await store.create(create)
+        wanted = (create.get("kernel") or {}).get("name")
+        got = (model.get("kernel") or {}).get("name")
+        if wanted and got != wanted:
+            log.info("backend %r already had a session for %r with kernel %r; changing it to %r",
+                     backend.name, create.get("path"), got, wanted)
+            model = await store.patch(model["id"], {"kernel": create["kernel"]})
+        return model

@@ -1,0 +1,237 @@
+"""Who keeps one backend's notebook sessions: the backend, or the mixer for it.
+
+A ``SessionStore`` lists, gets, creates, patches and deletes session models in the
+backend's view (bare kernelspec names) and raises the mixer's error tree. Two kinds:
+
+* ``ForwardedSessions``: the backend's own ``/api/sessions`` (jupyter_server, Google's
+  kernel service);
+* ``KeptSessions``: Kernel and Enterprise Gateway have no usable sessions API, so the
+  mixer keeps a record (id, path, name, type, kernel id) per session, in its durable
+  state, over the backend's kernels API. Its kernel model is read from the backend on
+  every answer, and a session whose kernel is gone is gone.
+
+``sessions = "auto"`` picks one on first use (``AutoSessions``): servers that answer
+``GET /api/status`` (jupyter_server) and Google's service keep their own sessions;
+one that answers it with 404 (a gateway) gets kept sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import uuid
+from dataclasses import replace
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from notebook_kernels_mixer.backends import Backend
+from notebook_kernels_mixer.errors import BackendError, BadRequest, NotFound
+from notebook_kernels_mixer.resources.backend_kernels import BackendKernels, Model, is_model
+from notebook_kernels_mixer.state import KeptSession, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class SessionStore(Protocol):
+    #: "backend" or "mixer": who keeps the sessions ("not known yet" before auto decides)
+    kind: str
+
+    async def list(self, timeout: float | None = None) -> list[Model]: ...
+    async def get(self, session_id: str, timeout: float | None = None) -> Model: ...
+    async def create(self, body: dict[str, Any]) -> Model: ...
+    async def patch(self, session_id: str, body: dict[str, Any]) -> Model: ...
+    async def delete(self, session_id: str) -> None: ...
+
+
+def _session(backend: Backend, value: Any) -> Model:
+    if not is_model(value):
+        raise BackendError(backend.name, "answered something that is not a session model")
+    return value  # type: ignore[no-any-return]
+
+
+class ForwardedSessions:
+    """The backend's own sessions API."""
+
+    kind = "backend"
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def _path(self, session_id: str) -> str:
+        return f"/api/sessions/{quote(session_id, safe='')}"
+
+    async def list(self, timeout: float | None = None) -> list[Model]:
+        answer = await self.backend.call("GET", "/api/sessions", timeout=timeout)
+        if not isinstance(answer, list):
+            raise BackendError(self.backend.name, "answered something that is not a session list")
+        return [m for m in answer if is_model(m)]
+
+    async def get(self, session_id: str, timeout: float | None = None) -> Model:
+        return _session(self.backend, await self.backend.call("GET", self._path(session_id),
+                                                              timeout=timeout))
+
+    async def create(self, body: dict[str, Any]) -> Model:
+        return _session(self.backend, await self.backend.call(
+            "POST", "/api/sessions", ok=(200, 201), json=body))
+
+    async def patch(self, session_id: str, body: dict[str, Any]) -> Model:
+        return _session(self.backend, await self.backend.call("PATCH", self._path(session_id),
+                                                              json=body))
+
+    async def delete(self, session_id: str) -> None:
+        await self.backend.call("DELETE", self._path(session_id), ok=(200, 204))
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _model(record: KeptSession, kernel: Model) -> Model:
+    # jupyter_server 2's session model, including the legacy "notebook" field.
+    return {
+        "id": record.id, "path": record.path, "name": record.name, "type": record.type,
+        "kernel": kernel, "notebook": {"path": record.path, "name": record.name},
+    }
+
+
+class KeptSessions:
+    """Sessions the mixer keeps (durably) for a backend over its kernels API."""
+
+    kind = "mixer"
+
+    def __init__(self, kernels: BackendKernels, state: StateStore) -> None:
+        self.kernels = kernels
+        self.backend = kernels.backend
+        self.state = state
+
+    def _records(self) -> list[KeptSession]:
+        return [r for r in self.state.kept.values() if r.backend == self.backend.name]
+
+    def _record(self, session_id: str) -> KeptSession:
+        record = self.state.kept.get(session_id)
+        if record is None or record.backend != self.backend.name:
+            raise NotFound(f"session {session_id!r} not found")
+        return record
+
+    async def list(self, timeout: float | None = None) -> list[Model]:
+        records = self._records()
+        models = await self.kernels.many([r.kernel_id for r in records], timeout)
+        out = []
+        for record in records:
+            kernel = models.get(record.kernel_id)
+            if kernel is None:
+                self.state.drop_kept(record.id)  # its kernel is gone (culled, deleted)
+                continue
+            out.append(_model(record, kernel))
+        return out
+
+    async def get(self, session_id: str, timeout: float | None = None) -> Model:
+        record = self._record(session_id)
+        kernel = await self.kernels.get(record.kernel_id, timeout)
+        if kernel is None:
+            self.state.drop_kept(record.id)
+            raise NotFound(f"session {session_id!r} not found (its kernel is gone)")
+        return _model(record, kernel)
+
+    async def _kernel_for(self, request: Any) -> Model:
+        """The kernel a session asks for: an existing one by id, or a new one started
+        by name (the backend's default without either)."""
+        request = request or {}
+        if isinstance(request.get("id"), str):
+            model = await self.kernels.get(request["id"])
+            if model is None:
+                raise BadRequest(f"Kernel does not exist: {request['id']}")
+            return model
+        start = {"name": request["name"]} if isinstance(request.get("name"), str) else {}
+        return (await self.kernels.start(start))[1]
+
+    async def create(self, body: dict[str, Any]) -> Model:
+        kernel = await self._kernel_for(body.get("kernel"))
+        notebook = body.get("notebook") if isinstance(body.get("notebook"), dict) else {}
+        path = _text(body.get("path")) or _text(notebook.get("path"))
+        record = KeptSession(
+            id=str(uuid.uuid4()), backend=self.backend.name, path=path,
+            name=_text(body.get("name")) or _text(notebook.get("name")) or posixpath.basename(path),
+            type=_text(body.get("type")) or "notebook", kernel_id=kernel["id"],
+        )
+        self.state.put_kept(record)
+        return _model(record, kernel)
+
+    async def patch(self, session_id: str, body: dict[str, Any]) -> Model:
+        record = self._record(session_id)
+        kernel = await self._kernel_for(body["kernel"]) if body.get("kernel") else None
+        changes = {k: body[k] for k in ("path", "name", "type") if isinstance(body.get(k), str)}
+        if kernel is not None:
+            changes["kernel_id"] = kernel["id"]
+        updated = replace(record, **changes)
+        self.state.put_kept(updated)
+        if updated.kernel_id != record.kernel_id:
+            # As jupyter_server does: a session's replaced kernel is shut down.
+            await self._shutdown(record.kernel_id)
+        return _model(updated, kernel) if kernel is not None else await self.get(session_id)
+
+    async def delete(self, session_id: str) -> None:
+        record = self._record(session_id)
+        await self.kernels.delete(record.kernel_id)
+        self.state.drop_kept(record.id)
+
+    async def _shutdown(self, kernel_id: str) -> None:
+        try:
+            await self.kernels.delete(kernel_id)
+        except BackendError as exc:
+            log.warning("backend %r: shutting down kernel %s failed: %s", self.backend.name,
+                        kernel_id, exc.cause)
+
+
+class AutoSessions:
+    """Asks the backend once, on first use, who keeps its sessions."""
+
+    def __init__(self, kernels: BackendKernels, state: StateStore) -> None:
+        self.backend = kernels.backend
+        self._candidates = (ForwardedSessions(self.backend), KeptSessions(kernels, state))
+        self._chosen: SessionStore | None = None
+
+    async def store(self) -> SessionStore:
+        if self._chosen is None:
+            resp = await self.backend.request("GET", "/api/status")
+            if resp.status == 200:
+                self._chosen = self._candidates[0]
+            elif resp.status == 404:
+                self._chosen = self._candidates[1]
+                log.info("backend %r has no jupyter_server sessions API (a Kernel or Enterprise "
+                         "Gateway): the mixer keeps its notebook sessions", self.backend.name)
+            else:
+                raise BackendError(self.backend.name, "cannot tell whether it keeps sessions: "
+                                   f"GET /api/status answered HTTP {resp.status}")
+        return self._chosen
+
+    @property
+    def kind(self) -> str:
+        return "not known yet" if self._chosen is None else self._chosen.kind
+
+    async def list(self, timeout: float | None = None) -> list[Model]:
+        return await (await self.store()).list(timeout)
+
+    async def get(self, session_id: str, timeout: float | None = None) -> Model:
+        return await (await self.store()).get(session_id, timeout)
+
+    async def create(self, body: dict[str, Any]) -> Model:
+        return await (await self.store()).create(body)
+
+    async def patch(self, session_id: str, body: dict[str, Any]) -> Model:
+        return await (await self.store()).patch(session_id, body)
+
+    async def delete(self, session_id: str) -> None:
+        await (await self.store()).delete(session_id)
+
+
+def session_store(kernels: BackendKernels, state: StateStore) -> SessionStore:
+    """The store for a backend's configured ``sessions`` policy."""
+    mode = kernels.backend.config.sessions
+    if mode == "auto" and kernels.backend.config.auth in ("gcloud", "google-adc"):
+        mode = "backend"  # Google's kernel service keeps its own sessions
+    if mode == "backend":
+        return ForwardedSessions(kernels.backend)
+    if mode == "mixer":
+        return KeptSessions(kernels, state)
+    return AutoSessions(kernels, state)
