@@ -8,128 +8,27 @@ and checked by PID after it stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from notebook_kernels_mixer.processes import descendants, free_port
-from notebook_kernels_mixer.processes import is_alive as _alive
 
 from .support.api import DEFAULT_TIMEOUT, ApiClient
-from .support.kernel_client import KernelConnection
+from .support.kernel_client import V1_PROTOCOL, KernelConnection
+from .support.lab_run import STATUS_RE, cmdline, environ, lab, running_in, wait_all_gone
 from .support.topology import clean_env, mixer_command
 
 pytestmark = pytest.mark.e2e
 
 WHERE = "import os; print(os.environ['MIXER_LAB_BACKEND'])"
-URL_RE = re.compile(r"http://127\.0\.0\.1:(\d+)/lab\?token=([0-9a-f]+)")
-STATUS_RE = re.compile(r"http://127\.0\.0\.1:(\d+)/mixer/\?token=([0-9a-f]+)")
-READY_TIMEOUT = 180.0
-
-
-@dataclass
-class Lab:
-    proc: subprocess.Popen[bytes]
-    out: Path
-    err: Path
-    workdir: Path
-
-    def stdout(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def wait_url(self) -> re.Match[str]:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            match = URL_RE.search(self.stdout())
-            if match:
-                return match
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(
-            f"mixer lab printed no URL (exit {self.proc.poll()})\n--- stdout ---\n"
-            f"{self.stdout()}\n--- stderr ---\n{self.stderr()}"
-        )
-
-    def wait_exit(self, timeout: float = 60) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"mixer lab did not exit within {timeout:.0f}s\n{self.stderr()}") from None
-
-
-@contextlib.contextmanager
-def lab(tmp_path: Path, *args: str) -> Iterator[Lab]:
-    workdir = tmp_path / "cwd"
-    workdir.mkdir(exist_ok=True)
-    out, err = tmp_path / "lab.out", tmp_path / "lab.err"
-    with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(
-            [*mixer_command(), "lab", f"--log-dir={tmp_path / 'logs'}", *args],
-            stdin=subprocess.DEVNULL, stdout=o, stderr=e, cwd=workdir, env=clean_env(),
-            start_new_session=True,
-        )  # fmt: skip
-    seen: set[int] = set()
-    try:
-        yield Lab(proc, out, err, workdir)
-    finally:
-        if proc.poll() is None:
-            seen.update(descendants(proc.pid))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        for pid in seen:
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-
-
-def running_in(directory: Path) -> dict[int, str]:
-    """Processes whose working directory is ``directory`` (every child of a lab)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if Path(os.readlink(f"/proc/{entry}/cwd")) == directory and _alive(int(entry)):
-                    out[int(entry)] = cmdline(int(entry))
-    return out
-
-
-def wait_all_gone(pids: set[int], timeout: float = 20) -> set[int]:
-    deadline = time.monotonic() + timeout
-    alive = {p for p in pids if _alive(p)}
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = {p for p in alive if _alive(p)}
-    return {p: cmdline(p) for p in alive}  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -138,20 +37,49 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+def browser_recorder(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in browser for $BROWSER (Python's webbrowser runs it with the URL)."""
+    log = tmp_path / "browser-opened.txt"
+    script = tmp_path / "fake-browser"
+    script.write_text(f'#!/bin/sh\necho "$1" >> "{log}"\n')
+    script.chmod(0o755)
+    return script, log
+
+
+def front_client(http: aiohttp.ClientSession, url: re.Match[str]) -> ApiClient:
+    port, token = url.group(1), url.group(2)
+    headers = {"Authorization": f"token {token}"}
+    return ApiClient(http, f"http://127.0.0.1:{port}", auth=lambda: headers, name="front")
+
+
+def check_banner(out: str, runtime_dir: Path) -> None:
+    """jupyter lab's URL banner: the open-in-browser file, then the one URL."""
+    banner = re.search(
+        r"\n    To access the server, open this file in a browser:\n        (file://\S+)\n"
+        r"    Or copy and paste one of these URLs:\n        (http://127\.0\.0\.1:\d+/lab\?token=\w+)\n",
+        out,
+    )
+    assert banner, out
+    opener = Path(banner.group(1).removeprefix("file://"))
+    assert opener.parent == runtime_dir and re.fullmatch(r"jpserver-\d+-open\.html", opener.name)
+    assert banner.group(2) in opener.read_text()  # the file sends the browser to that URL
+    assert out.count("/lab?token=") == 1, out  # the one URL to open
+
+
 async def test_lab_with_demo_remote_runs_both_and_sigterm_stops_every_child(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     notebooks = tmp_path / "notebooks"
     notebooks.mkdir()
     (notebooks / "marker.txt").write_text("front root")
-    # `--` hands the rest to the front JupyterLab
+    browser, opened = browser_recorder(tmp_path)
+    # `--` hands the rest to the front JupyterLab; lab() adds --no-browser
     with lab(tmp_path, "--demo-remote", f"--port={free_port()}", "--",
-             f"--ServerApp.root_dir={notebooks}") as run:
+             f"--ServerApp.root_dir={notebooks}", env={"BROWSER": str(browser)}) as run:  # fmt: skip
         match = await asyncio.to_thread(run.wait_url)
-        front = ApiClient(http, f"http://127.0.0.1:{match.group(1)}",
-                          auth=lambda: {"Authorization": f"token {match.group(2)}"}, name="front")
+        front = front_client(http, match)
         out = run.stdout()
-        assert out.count("/lab?token=") == 1, out  # the one URL to open
+        check_banner(out, run.runtime_dir)
         assert "remote-*" in out and "local-*" in out
 
         contents = await front.ok_json("GET", "/api/contents")
@@ -165,12 +93,17 @@ async def test_lab_with_demo_remote_runs_both_and_sigterm_stops_every_child(
 
         kernels = await asyncio.gather(*(front.start_kernel(f"{w}-python3") for w in ("local", "remote")))
         for where, kernel in zip(("local", "remote"), kernels, strict=True):
-            conn = await KernelConnection.open(
-                http, front.ws_url(f"/api/kernels/{kernel['id']}/channels"), headers=front.auth()
-            )
-            async with conn:
-                result = await conn.execute(WHERE)
-            assert result.status == "ok" and result.stdout.strip() == where, result
+            # JupyterLab offers v1 first; the front now accepts it (and the legacy protocol)
+            for protocol, chosen in (("v1", V1_PROTOCOL), ("legacy", None)):
+                conn = await KernelConnection.open(
+                    http, front.ws_url(f"/api/kernels/{kernel['id']}/channels"),
+                    headers=front.auth(), protocol=protocol,
+                )  # fmt: skip
+                assert conn.negotiated == chosen, (protocol, conn.negotiated)
+                async with conn:
+                    result = await conn.execute(WHERE)
+                assert result.status == "ok" and result.stdout.strip() == where, (protocol, result)
+        assert not opened.exists(), "--no-browser, yet a browser was opened"
 
         status = STATUS_RE.search(out)
         assert status, out
@@ -186,9 +119,9 @@ async def test_lab_with_demo_remote_runs_both_and_sigterm_stops_every_child(
 
         children = set(descendants(run.proc.pid))
         lines = [cmdline(p) for p in children]
-        assert sum("jupyter_server" in c for c in lines) == 2, lines
-        assert sum("notebook_kernels_mixer" in c for c in lines) == 1, lines
-        assert sum("jupyterlab" in c for c in lines) == 1, lines
+        assert sum("-m jupyter_server " in c for c in lines) == 2, lines
+        assert sum("-m notebook_kernels_mixer " in c for c in lines) == 1, lines
+        assert sum("-m jupyterlab " in c for c in lines) == 1, lines
         assert sum("ipykernel" in c for c in lines) == 2, lines  # the two kernels
         run.proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(run.wait_exit)
@@ -235,3 +168,28 @@ async def test_a_child_that_fails_to_start_is_named_with_its_log(tmp_path: Path)
             logs = tmp_path / "logs"
             assert (logs / "remote.log").exists() and not (logs / "mixer.log").exists()
             assert not running_in(run.workdir)  # the demo remote was stopped too
+
+
+async def test_lab_opens_the_browser_and_passes_serverapp_options_on(
+    tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """As jupyter lab: a browser unless --no-browser (--browser is a no-op alias), and
+    options the launcher does not know (here without ``--``) go to the front."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "marker.txt").write_text("front root")
+    browser, opened = browser_recorder(tmp_path)
+    with lab(tmp_path, "--browser", f"--ServerApp.root_dir={notebooks}", browser=True,
+             env={"BROWSER": str(browser)}) as run:  # fmt: skip
+        match = await asyncio.to_thread(run.wait_url)
+        check_banner(run.stdout(), run.runtime_dir)
+        front = front_client(http, match)
+        contents = await front.ok_json("GET", "/api/contents")
+        assert "marker.txt" in {c["name"] for c in contents["content"]}
+        for _ in range(100):  # the browser is started in a thread, after the banner
+            if opened.exists():
+                break
+            await asyncio.sleep(0.1)
+        # the browser gets the file that holds the token, as jupyter lab does
+        assert opened.read_text().split() == [re.search(r"file://\S+", run.stdout()).group(0)]
+        assert "no web browser found" not in run.stderr()

@@ -1,0 +1,208 @@
+"""A jupyter_server extension for the servers around the mixer (and any other Jupyter server).
+
+Enable it on a server's command line (``mixer lab`` does, on every server it starts)::
+
+    jupyter lab --ServerApp.jpserver_extensions=notebook_kernels_mixer.jupyter=True
+
+or once for every server of an environment::
+
+    jupyter server extension enable notebook_kernels_mixer.jupyter
+
+It does two things.
+
+**TCP_NODELAY on kernel websockets.** A stock jupyter_server leaves Nagle's algorithm on
+for the kernel websocket: the second of two small messages (``status: busy``, then the
+output or the reply) waits for the client's delayed ACK, ~40 ms on Linux, so a cell
+takes ~48 ms instead of ~10 ms (issue 12). tornado switches TCP_NODELAY on while it
+finishes each HTTP response and back off afterwards (``HTTP1Connection.finish`` /
+``_finish_request``), so plain HTTP answers already leave at once, but the 101 answer of
+a websocket handshake leaves its socket with Nagle on again. The option must therefore
+be set after the handshake, which tornado documents as ``WebSocketHandler.set_nodelay``
+called from ``open()``. jupyter_server calls the kernel websocket *connection class*'s
+``connect()`` from that ``open()``, and the class is a setting
+(``ServerApp.kernel_websocket_connection_class``, read from ``web_app.settings`` on
+every request). So the extension replaces the configured class by a subclass whose
+``connect()`` sets no-delay first: nothing is patched, and a server configured with its
+own connection class keeps it. Other websockets (terminals, events) are out of its
+reach without patching their handlers; they carry no request/reply traffic.
+
+**A gateway-mode kernel websocket that speaks the browser's protocol.** JupyterLab
+offers the ``v1.kernel.websocket.jupyter.org`` subprotocol; jupyter_server in gateway
+mode forces the legacy protocol (``GatewayWebSocketConnection.kernel_ws_protocol = ""``,
+jupyter_server PR #1311), so Chromium fails the first handshake of every kernel
+connection ("Sent non-empty 'Sec-WebSocket-Protocol' header but no response was
+received") and JupyterLab reconnects without subprotocols. In gateway mode the
+extension installs :class:`GatewayPassthroughConnection` instead: it opens the gateway
+websocket *before* answering the browser (jupyter_server awaits ``prepare()`` of the
+connection ahead of the handshake), offering the browser's subprotocols, then chooses
+with the browser what the gateway chose, and relays frames unchanged (text stays text,
+binary stays binary; the stock class decodes binary frames as UTF-8). A gateway without
+v1 simply gets the legacy protocol end to end. When the gateway side closes, the
+browser socket is closed with 1011, and JupyterLab's own reconnection (which checks the
+kernel first) takes over from the front's silent one. It also fetches the gateway's
+kernelspecs once at start-up, so the front's first ``/api/kernelspecs`` answer names
+the gateway's default kernel: jupyter_server reads ``default_kernel_name`` before the
+listing that updates it, and JupyterLab warns "Default kernel not found" otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from jupyter_server.services.kernels.connection.base import BaseKernelWebsocketConnection
+from tornado import web
+from tornado.escape import url_escape
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+
+#: Seconds the gateway websocket opened for a browser waits for the browser's handshake to
+#: complete; a handshake tornado refuses after ``prepare()`` (bad headers, origin) never
+#: calls ``connect()``, and the gateway side must not stay open for nothing.
+HANDSHAKE_GRACE = 10.0
+#: Close code sent to the browser when the gateway side of a kernel websocket ends:
+#: "internal error" makes JupyterLab reconnect (1000/1001 would leave it disconnected).
+UPSTREAM_CLOSED = 1011
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "notebook_kernels_mixer.jupyter"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Swap the kernel websocket connection class in the web app's settings."""
+    settings = serverapp.web_app.settings
+    configured = settings.get("kernel_websocket_connection_class")
+    if configured is None:
+        return
+    gateway = bool(serverapp.gateway_config.gateway_enabled)
+    chosen = connection_class(configured, gateway=gateway)
+    settings["kernel_websocket_connection_class"] = chosen
+    serverapp.log.info("notebook_kernels_mixer.jupyter: kernel websockets use %s", chosen.__name__)
+    if gateway:
+        serverapp.io_loop.add_callback(_learn_gateway_default, serverapp)
+
+
+def connection_class(configured: type, *, gateway: bool) -> type:
+    """The class to use instead of ``configured``: the gateway passthrough for the stock
+    gateway class, else ``configured`` with no-delay added."""
+    from jupyter_server.gateway.connections import GatewayWebSocketConnection
+
+    if gateway and configured is GatewayWebSocketConnection:
+        return GatewayPassthroughConnection
+    if issubclass(configured, NoDelayConnection):
+        return configured
+    return type(f"NoDelay{configured.__name__}", (NoDelayConnection, configured), {})
+
+
+async def _learn_gateway_default(serverapp: Any) -> None:
+    """One kernelspec listing at start-up: GatewayKernelSpecManager adopts the gateway's
+    default kernel name while listing; failures are left to the first real listing."""
+    try:
+        await serverapp.kernel_spec_manager.get_all_specs()
+    except Exception as exc:  # the gateway may not be up yet; nothing is lost
+        serverapp.log.info("notebook_kernels_mixer.jupyter: gateway kernelspecs not read yet: %s", exc)
+
+
+class NoDelayConnection:
+    """Mixin for a kernel websocket connection class: TCP_NODELAY once the socket is open."""
+
+    websocket_handler: Any
+
+    def set_nodelay(self) -> None:
+        with contextlib.suppress(AttributeError, OSError, WebSocketClosedError):
+            self.websocket_handler.set_nodelay(True)
+
+    async def connect(self) -> Any:
+        self.set_nodelay()
+        return await super().connect()  # type: ignore[misc]
+
+
+def _offered_protocols(handler: Any) -> list[str]:
+    header = handler.request.headers.get("Sec-WebSocket-Protocol", "")
+    return [p.strip() for p in header.split(",") if p.strip()]
+
+
+class GatewayPassthroughConnection(NoDelayConnection, BaseKernelWebsocketConnection):
+    """A front's kernel websocket relayed to the gateway with the protocol the gateway
+    chose for the browser's offer, frames unchanged."""
+
+    upstream: WebSocketClientConnection | None = None
+    _pump: asyncio.Task[None] | None = None
+    _watchdog: asyncio.TimerHandle | None = None
+    _closed: bool = False
+
+    async def prepare(self) -> None:
+        """Before the browser's handshake: connect to the gateway, learn its protocol."""
+        self.upstream = await self._connect_upstream(_offered_protocols(self.websocket_handler))
+        with contextlib.suppress(AttributeError, OSError):
+            self.upstream.protocol.set_nodelay(True)  # the front → gateway leg too
+        # read by KernelWebsocketHandler.select_subprotocol: "" means the legacy protocol
+        self.kernel_ws_protocol = self.upstream.selected_subprotocol or ""
+        self._watchdog = asyncio.get_running_loop().call_later(HANDSHAKE_GRACE, self._drop_unopened)
+
+    def _drop_unopened(self) -> None:
+        if self._pump is None and not self._closed:
+            self.log.info("Kernel %s: the browser's handshake did not complete", self.kernel_id)
+            self.disconnect()
+
+    async def _connect_upstream(self, protocols: list[str]) -> WebSocketClientConnection:
+        from jupyter_server.gateway.gateway_client import GatewayClient
+        from jupyter_server.utils import url_path_join
+
+        client = GatewayClient.instance()
+        url = url_path_join(client.ws_url or "", client.kernels_endpoint,
+                            url_escape(self.kernel_id), "channels")  # fmt: skip
+        if self.session_id:
+            url += f"?session_id={url_escape(self.session_id)}"
+        request = HTTPRequest(url, **client.load_connection_args())
+        try:
+            return await websocket_connect(request, subprotocols=protocols or None)
+        except HTTPClientError as exc:  # the gateway refused the upgrade: say what it said
+            status = exc.code if exc.code < 599 else 503
+            raise web.HTTPError(status, "gateway kernel websocket: %s", exc) from None
+        except (OSError, StreamClosedError) as exc:
+            raise web.HTTPError(503, "gateway kernel websocket: %s", exc) from None
+
+    async def connect(self) -> None:
+        """Called by the handler's ``open()``, after the handshake: relay the gateway's frames."""
+        self.set_nodelay()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.upstream is not None and not self._closed:
+            self._pump = asyncio.ensure_future(self._relay_upstream(self.upstream))
+
+    async def _relay_upstream(self, upstream: WebSocketClientConnection) -> None:
+        while not self._closed:
+            message = await upstream.read_message()
+            if message is None:
+                break
+            try:
+                self.websocket_handler.write_message(message, binary=isinstance(message, bytes))
+            except WebSocketClosedError:
+                break
+        if not self._closed:
+            self._closed = True
+            self.log.info("Gateway closed the websocket of kernel %s (code %s)", self.kernel_id,
+                          upstream.close_code)  # fmt: skip
+            self.websocket_handler.close(UPSTREAM_CLOSED, "gateway connection closed")
+
+    def handle_incoming_message(self, incoming_msg: str | bytes) -> None:
+        """A frame from the browser, to the gateway as it came."""
+        if self.upstream is None or self._closed:
+            return
+        try:
+            self.upstream.write_message(incoming_msg, binary=isinstance(incoming_msg, bytes))
+        except WebSocketClosedError:
+            self.log.warning("Kernel %s: message dropped, gateway websocket closed", self.kernel_id)
+
+    def handle_outgoing_message(self, stream: str, outgoing_msg: list[Any]) -> None:
+        """Unused: frames from the gateway are relayed by ``_relay_upstream``."""
+
+    def disconnect(self) -> None:  # type: ignore[override]
+        """The browser went away (the handler's ``on_close`` calls this synchronously)."""
+        self._closed = True
+        if self.upstream is not None:
+            self.upstream.close()
