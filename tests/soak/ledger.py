@@ -19,7 +19,6 @@ from dataclasses import dataclass
 BACKENDS = ("local", "remote")
 SPECS = {"local": "local-python3", "remote": "remote-python3"}
 OTHER = {"local": "remote", "remote": "local"}
-WHERE = "import os; print(os.environ['MIXER_TEST_WHERE'])"
 HTTP_TIMEOUT = 60.0  # one REST call; the mixer itself gives up on a backend after 10 s
 EXECUTE_TIMEOUT = 60.0  # the first execute on a new kernel waits for it to start
 MIB = 1024 * 1024

@@ -23,8 +23,10 @@ import json
 from collections.abc import Coroutine
 from typing import Any
 
+from tests.e2e.helpers import WHERE
+
 from .client import MixerClient
-from .ledger import BACKENDS, OTHER, SPECS, WHERE
+from .ledger import BACKENDS, OTHER, SPECS
 
 
 class Workers:
