@@ -10,10 +10,12 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
+
+from notebook_kernels_mixer.processes import http_get
 
 DEFAULT_URL = "http://127.0.0.1:8081/"
 
@@ -40,9 +42,7 @@ def fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
     if token:
         headers["token"] = token
     # No proxy: the mixer listens on loopback only.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(urllib.request.Request(target, headers=headers), timeout=timeout) as resp:
-        return json.loads(resp.read().decode("utf-8"))
+    return json.loads(http_get(target, headers, timeout).decode("utf-8"))
 
 
 def _ms(value: Any) -> str:
@@ -65,14 +65,40 @@ def rows(status: dict[str, Any]) -> list[list[str]]:
             str(b.get("url")),
             "yes" if b.get("reachable") else "NO",
             "–" if b.get("kernels") is None else str(b["kernels"]),
+            _stale(b.get("stale_since")),
             _ms(b.get("last_latency_ms")),
             cred_text,
         ])
     return out
 
 
+def _stale(since: Any) -> str:
+    """'kernels, sessions 42s': listings served from last-known entries, for how long."""
+    if not isinstance(since, dict) or not since:
+        return "–"
+    oldest = min(v for v in since.values() if isinstance(v, (int, float)))
+    return f"{', '.join(sorted(since))} {_duration(time.time() - oldest)}"
+
+
+def orphan_lines(status: dict[str, Any]) -> list[str]:
+    """Kernels no session references and no client is connected to: still running
+    (and in a cloud, still paid for)."""
+    found = [(b.get("name"), o) for b in status.get("backends", []) for o in b.get("orphans") or []]
+    if not found:
+        return []
+    lines = ["", "orphan kernels (no session, no client connected):"]
+    for name, o in found:
+        lines.append(
+            f"  {name}: {o.get('id')} {o.get('name') or ''} {o.get('execution_state') or ''}"
+            f" seen for {_duration(o.get('seen_for_seconds'))},"
+            f" last activity {o.get('last_activity') or '?'}"
+        )
+    return lines
+
+
 def render(status: dict[str, Any], url: str) -> str:
-    header = ["BACKEND", "ROLE", "URL", "REACHABLE", "KERNELS", "LATENCY", "CREDENTIALS"]
+    header = ["BACKEND", "ROLE", "URL", "REACHABLE", "KERNELS", "LAST-KNOWN", "LATENCY",
+              "CREDENTIALS"]
     table = [header, *rows(status)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [
@@ -83,6 +109,7 @@ def render(status: dict[str, Any], url: str) -> str:
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
               for row in table]
+    lines += orphan_lines(status)
     errors = [(b.get("name"), b.get("last_error")) for b in status.get("backends", [])
               if b.get("last_error")]
     if errors:

@@ -184,8 +184,8 @@ class Backend:
                 continue
             if resp.status == 503:
                 self.health.failure(BackendUnavailable(self.name, f"{what}: HTTP 503"))
-            else:
-                # Any other answer, even a 5xx, shows the backend is up.
+            elif resp.status < 500:
+                # A 5xx is neither: the backend is there, but broken for this call.
                 self.health.success(time.perf_counter() - started)
             return BackendResponse(resp.status, resp.headers, data, self.name)
         raise AssertionError("unreachable")
@@ -217,20 +217,25 @@ class Backend:
             raise self.failed(exc, f"{method} {path_qs.split('?')[0]}") from None
 
     async def _probe(self) -> None:
-        """Is it answering at all? Any HTTP answer will do; failures are the caller's."""
+        """Is it answering, with a kernelspecs list? (A backend that answers garbage or
+        5xx is not "up".) Failures are the caller's to record."""
         started = time.perf_counter()
         limit = aiohttp.ClientTimeout(total=self.config.list_timeout)
         try:
             async with self.http.get(self.url_for("/api/kernelspecs"), timeout=limit,
                                      headers=await self.credentials.headers(self.config.list_timeout),
                                      allow_redirects=False) as resp:
-                await resp.read()
+                body = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self.map_error(exc, "the health probe") from None
         except CredentialError as exc:
             raise BackendUnavailable(self.name, str(exc)) from None
         if resp.status >= 500:
             raise BackendError(self.name, f"answered the health probe with HTTP {resp.status}")
+        if resp.status == 200:
+            answer = BackendResponse(resp.status, resp.headers, body, self.name).json()
+            if not isinstance(answer, dict) or "kernelspecs" not in answer:
+                raise BackendError(self.name, "answered the health probe without kernelspecs")
         self.health.success(time.perf_counter() - started)
 
     def state(self) -> dict[str, object]:

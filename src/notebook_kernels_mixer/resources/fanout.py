@@ -71,10 +71,11 @@ class FanOut:
         self._inflight: dict[str, asyncio.Task[list[Answer[Any]]]] = {}
 
     async def gather(self, call: Callable[[Backend], Awaitable[T]], *,
-                     timeout: Callable[[Backend], float] | None = None) -> list[Answer[T]]:
+                     timeout: Callable[[Backend], float] | None = None,
+                     skip_down: bool = True) -> list[Answer[T]]:
         """Every backend's answer to ``call``, in configured order."""
         timeout = timeout or (lambda b: b.config.list_timeout)
-        live = [b for b in self.backends if b.health.up] or self.backends
+        live = [b for b in self.backends if b.health.up or not skip_down] or self.backends
         answers = dict(zip(live, await asyncio.gather(
             *(self._one(b, call, timeout(b)) for b in live)), strict=True))
         return [

@@ -155,8 +155,10 @@ class KernelspecsHandlers:
             raise all_failed(answers)
         order = [self.registry.default.name, self.registry.local.name, *self.registry.names]
         rank = {name: order.index(name) for name in self.registry.names}
-        usable = sorted((a for a in answers if a.usable),
-                        key=lambda a: (not a.ok, rank[a.backend.name]))
+        # Backends answering now come first (their default wins); a backend whose last
+        # call failed only contributes its specs.
+        usable = sorted((a for a in answers if a.usable), key=lambda a: (
+            not a.ok or a.backend.health.failures > 0, rank[a.backend.name]))
         return merge([a.value for a in usable if a.value is not None])
 
     async def default_spec(self) -> tuple[Backend, str | None]:

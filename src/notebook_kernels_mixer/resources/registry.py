@@ -154,7 +154,9 @@ class Registry:
     # -- finding an id on the backends -----------------------------------------------------
     async def find(self, what: str, has: Callable[[Backend], Awaitable[Any]]) -> Backend:
         """The backend on which ``has`` succeeds (NotFound elsewhere); asked all at once."""
-        answers = await self.fanout.gather(has, timeout=lambda b: b.config.request_timeout)
+        # Down backends are asked too: "not found" must mean not there, not "not asked".
+        answers = await self.fanout.gather(has, timeout=lambda b: b.config.request_timeout,
+                                           skip_down=False)
         unreachable: list[tuple[str, MixerError]] = []
         for answer in answers:
             if answer.ok:

@@ -1,0 +1,121 @@
+"""Issue 10 with fakes: last-known listings, health that does not flap, forgetting,
+and shared listings (single flight). The real-process versions (SIGSTOP, kill -9)
+are in tests/e2e/test_e2e_nothing_lost.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+from notebook_kernels_mixer.app import REGISTRY
+from tests.unit.conftest import Mixer
+
+
+async def two(fakes, mixer, **kwargs):
+    local, remote = await fakes("local"), await fakes("remote")
+    return local, remote, await mixer([("local", local), ("remote", remote)], **kwargs)
+
+
+async def remote_status(m: Mixer) -> dict:
+    status, info = await m.call("GET", "/mixer/api/status")
+    assert status == 200
+    return next(b for b in info["backends"] if b["name"] == "remote")
+
+
+async def test_a_backend_that_cannot_answer_keeps_its_last_known_entries(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer, list_timeout=0.3, request_timeout=0.5)
+    status, s = await m.call("POST", "/api/sessions",
+                             json={"path": "nb.ipynb", "kernel": {"name": "remote-python3"}})
+    assert status == 201
+    local._new_kernel("python3")
+    status, before = await m.call("GET", "/api/kernels")
+    assert status == 200 and len(before) == 2
+    status, sessions = await m.call("GET", "/api/sessions")  # clients poll both
+    assert status == 200 and len(sessions) == 1
+    for failure in ({"fail_status": 500}, {"garbage": True}, {"delay": 2.0}):
+        for key, value in failure.items():
+            setattr(remote, key, value)
+        for _ in range(4):  # past the failures that take the backend down
+            status, kernels = await m.call("GET", "/api/kernels")
+            assert status == 200, failure
+            assert sorted(k["id"] for k in kernels) == sorted(k["id"] for k in before), failure
+            status, sessions = await m.call("GET", "/api/sessions")
+            assert status == 200 and [x["id"] for x in sessions] == [s["id"]], failure
+        info = await remote_status(m)
+        assert set(info["stale_since"]) >= {"kernels", "sessions"}, info
+        # Requests that need the backend still fail clearly, naming it.
+        status, err = await m.call("GET", f"/api/kernels/{s['kernel']['id']}")
+        assert status in (500, 502, 503, 504) and (
+            "remote" in err.get("message", "") or status == 500), err
+        remote.fail_status, remote.garbage, remote.delay = None, False, 0.0
+        await answering_again(m)
+    status, kernels = await m.call("GET", "/api/kernels")
+    assert len(kernels) == 2
+
+
+async def answering_again(m: Mixer) -> None:
+    """Until the health probe has brought the remote back and listings are fresh."""
+    for _ in range(100):
+        info = await remote_status(m)
+        if info["reachable"] and info["stale_since"] is None:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the remote did not come back: {info}")
+
+
+async def test_last_known_entries_end_with_the_retention_window(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer, list_timeout=0.3, retention=0.5)
+    remote._new_kernel("python3")
+    status, kernels = await m.call("GET", "/api/kernels")
+    assert len(kernels) == 1
+    await remote.stop()
+    status, kernels = await m.call("GET", "/api/kernels")
+    assert status == 200 and len(kernels) == 1  # last-known
+    await asyncio.sleep(0.7)
+    status, kernels = await m.call("GET", "/api/kernels")
+    assert status == 200 and kernels == []  # the window is over
+
+
+async def test_one_slow_kernel_start_does_not_hide_the_backends_kernels(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer, list_timeout=0.3, request_timeout=0.5)
+    kept = remote._new_kernel("python3")
+    await m.call("GET", "/api/kernels")
+    remote.delay = 1.0  # slower than the request timeout and the listing timeout
+    status, err = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
+    assert status == 504 and "remote" in err["message"]
+    assert m.app[REGISTRY].backends["remote"].health.up  # one slow call is not "down"
+    status, kernels = await m.call("GET", "/api/kernels")  # still slow: last-known
+    assert status == 200 and kept["id"] in [k["id"] for k in kernels]
+
+
+async def test_gone_kernels_and_sessions_are_forgotten_everywhere(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    registry = m.app[REGISTRY]
+    for i in range(20):
+        status, s = await m.call("POST", "/api/sessions",
+                                 json={"path": f"{i}.ipynb", "kernel": {"name": "remote-python3"}})
+        assert status == 201
+    status, s = await m.call("PATCH", f"/api/sessions/{s['id']}",
+                             json={"kernel": {"name": "local-python3"}})
+    assert status == 200
+    assert registry.sizes()["kernels"] == 20 and registry.sizes()["sessions"] == 20
+    # everything deleted behind the mixer's back
+    remote.sessions.clear()
+    remote.kernels.clear()
+    local.sessions.clear()
+    local.kernels.clear()
+    for path in ("/api/kernels", "/api/sessions"):
+        status, listed = await m.call("GET", path)
+        assert status == 200 and listed == []
+    sizes = registry.sizes()
+    assert sizes["kernels"] == 0 and sizes["sessions"] == 0 and sizes["session_aliases"] == 0, sizes
+    assert sizes["timestamps"] == 0 and sizes["first_seen"] == 0, sizes
+
+
+async def test_concurrent_listings_share_one_fan_out(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    remote.delay = 0.2
+    before = sum(1 for s in remote.seen if s.path == "/api/kernels")
+    results = await asyncio.gather(*(m.call("GET", "/api/kernels") for _ in range(10)))
+    assert all(status == 200 for status, _ in results)
+    asked = sum(1 for s in remote.seen if s.path == "/api/kernels") - before
+    assert asked <= 2, f"10 concurrent listings asked the backend {asked} times"
