@@ -4,16 +4,22 @@ Bodies are streamed both ways, never held whole in memory."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
+import aiohttp
 from aiohttp import web
 
 from notebook_kernels_mixer.backends.base import HOP_BY_HOP
+from notebook_kernels_mixer.backends.forwarding import forwarded_query, origin_headers
+from notebook_kernels_mixer.front.middlewares import abort_connection
 from notebook_kernels_mixer.relay import Relay
 from notebook_kernels_mixer.resources.common import BACKEND_HEADER
 from notebook_kernels_mixer.resources.registry import Registry
 
-_REQUEST_DROP = HOP_BY_HOP | {"origin", "referer", "token"}
+# The client's credentials for the mixer stay here (the local server gets the mixer's
+# own), and Origin/Referer are rebuilt by ``origin_headers``.
+_REQUEST_DROP = HOP_BY_HOP | {"origin", "referer", "token", "authorization"}
 
 
 class LocalProxy:
@@ -30,12 +36,13 @@ class LocalProxy:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self.relay.run(request, backend, request.rel_url.raw_path)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP}
-        headers.update(
-            backend.origin_headers(request.headers, request.host, self.external_hostname)
-        )
+        headers.update(origin_headers(request.headers, mixer_host=request.host,
+                                      external_hostname=self.external_hostname,
+                                      backend_origin=backend.origin))
+        query = forwarded_query(request.rel_url.raw_query_string)
         data = request.content if request.body_exists else None
         upstream = await backend.open_stream(
-            request.method, request.rel_url.raw_path_qs, headers, data,
+            request.method, request.rel_url.raw_path + (f"?{query}" if query else ""), headers, data,
             timeout=backend.config.request_timeout,
         )
         try:
@@ -45,10 +52,31 @@ class LocalProxy:
                     response.headers.add(name, value)
             response.headers[BACKEND_HEADER] = backend.name
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            if await _copy_body(request, response, upstream, backend.name):
+                await response.write_eof()
             return response
         finally:
             with contextlib.suppress(Exception):
                 upstream.release()
+
+
+async def _copy_body(
+    request: web.Request, response: web.StreamResponse, upstream: aiohttp.ClientResponse,
+    backend: str,
+) -> bool:
+    """Stream the backend's body to the client; False if the backend failed part-way.
+
+    The head is on the wire by then, so such a failure (a cut connection, a body
+    shorter than its length, a read timeout) cannot become an error answer: the
+    client's connection is aborted instead (issue 11 item 3).
+    """
+    while True:
+        try:
+            chunk = await upstream.content.readany()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            cause = str(exc) or type(exc).__name__
+            abort_connection(request, f"backend {backend!r} failed in the middle of the body: {cause}")
+            return False
+        if not chunk:
+            return True
+        await response.write(chunk)

@@ -1,9 +1,14 @@
 """Protection (SPEC §6): token, XSRF, websocket Origin, bad input — all answered
 before any backend is contacted, and the mixer keeps serving afterwards."""
 
+import asyncio
+import logging
+
 import aiohttp
 import pytest
+from aiohttp import web
 
+from notebook_kernels_mixer.front.hosts import hostname
 from tests.unit.conftest import TOKEN, XSRF
 
 GOOD_XSRF = {"Cookie": f"_xsrf={XSRF}", "X-XSRFToken": XSRF}
@@ -48,19 +53,48 @@ async def test_wrong_or_missing_token_is_403_and_no_backend_contacted(fakes, mix
     assert status == 200  # still serving
 
 
+BAD_XSRF = [{}, {"Cookie": f"_xsrf={XSRF}"}, {"X-XSRFToken": XSRF},
+            {"Cookie": "_xsrf=a", "X-XSRFToken": "b"}]
+UNSAFE = (("POST", "/api/kernels"), ("PATCH", "/api/sessions/abc"),
+          ("DELETE", "/api/kernels/abc"), ("PUT", "/api/contents/x"))
+
+
+@pytest.mark.parametrize("xsrf", BAD_XSRF)
+async def test_without_a_token_unsafe_methods_need_matching_xsrf(fakes, mixer, xsrf) -> None:
+    local = await fakes("local")
+    m = await mixer([("local", local)], token=None)
+    for method, path in UNSAFE:
+        status, body = await m.call(method, path, headers={"Accept": "*/*", **xsrf}, json={})
+        assert status == 403 and "_xsrf" in body["message"], (method, path)
+    assert local.seen == []
+    status, _ = await m.call("GET", "/api/kernels", headers={"Accept": "application/json"})
+    assert status == 200  # safe methods need no pair
+    status, _ = await m.call("POST", "/api/kernels", json={"name": "local-python3"},
+                             headers={"Cookie": f"_xsrf={XSRF}", "X-XSRFToken": XSRF})
+    assert status == 201
+
+
 @pytest.mark.parametrize(
-    "xsrf",
-    [{}, {"Cookie": f"_xsrf={XSRF}"}, {"X-XSRFToken": XSRF},
-     {"Cookie": "_xsrf=a", "X-XSRFToken": "b"}],
+    "auth,query",
+    [({"token": TOKEN}, ""), ({"Authorization": f"token {TOKEN}"}, ""), ({}, f"?token={TOKEN}")],
+    ids=["token-header", "authorization", "query"],
 )
-async def test_unsafe_methods_need_matching_xsrf(fakes, mixer, xsrf) -> None:
+async def test_token_authenticated_requests_need_no_xsrf(fakes, mixer, auth, query) -> None:
+    """Issue 13: editors' clients (@jupyterlab/services in Node) send the token and no
+    _xsrf cookie; jupyter_server does not ask them for an XSRF pair, nor does the mixer."""
     local = await fakes("local")
     m = await mixer([("local", local)])
-    for method, path in (("POST", "/api/kernels"), ("PATCH", "/api/sessions/abc"),
-                         ("DELETE", "/api/kernels/abc"), ("PUT", "/api/contents/x")):
-        status, body = await m.call(method, path, headers={"token": TOKEN, **xsrf}, json={})
-        assert status == 403 and "_xsrf" in body["message"]
-    assert local.seen == []
+    for xsrf in BAD_XSRF:
+        status, body = await m.call("POST", "/api/kernels" + query,
+                                    headers={"Accept": "*/*", **auth, **xsrf},
+                                    json={"name": "local-python3"})
+        assert status == 201, body
+        status, _ = await m.call("DELETE", f"/api/kernels/{body['id']}{query}",
+                                 headers={"Accept": "*/*", **auth})
+        assert status == 204
+    status, _ = await m.call("PUT", "/api/contents/x" + query, headers={"Accept": "*/*", **auth},
+                             json={})
+    assert status != 403 and any(s.path == "/api/contents/x" for s in local.seen)
 
 
 @pytest.mark.parametrize(
@@ -178,3 +212,179 @@ async def test_configured_origin_is_admitted(fakes, mixer) -> None:
     ) as ws:
         await ws.send_str("ok")
         assert (await ws.receive(timeout=5)).data == "ok"
+
+
+# -- Host (DNS rebinding, issue 11 item 2) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header,host",
+    [("[::1]:8081", "::1"), ("127.0.0.1:9", "127.0.0.1"), ("LocalHost:80", "localhost"),
+     ("evil.example", "evil.example"), ("::1", "::1"), ("[::1]", "::1"), (" a.b:1 ", "a.b")],
+)
+def test_hostname_of_a_host_header(header: str, host: str) -> None:
+    assert hostname(header) == host
+
+
+ADMITTED_HOSTS = ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "LOCALHOST", "127.0.0.2:1",
+                  "localhost"]
+REFUSED_HOSTS = ["evil.example:{port}", "evil.example", "0.0.0.0:{port}", "[::]:{port}",
+                 "127.0.0.1.evil.example:{port}", "localhost.evil.example", "[::2]:{port}",
+                 "10.0.0.1:{port}", "192.168.1.20"]
+
+
+async def _host_mixer(fakes, mixer, token: str | None):
+    local = await fakes("local")
+    kernel = local._new_kernel("python3")
+    m = await mixer([("local", local)], token=token)
+    return local, kernel, m, m.url.rsplit(":", 1)[1]
+
+
+@pytest.mark.parametrize("token", [TOKEN, None], ids=["token", "no-token"])
+@pytest.mark.parametrize("template", REFUSED_HOSTS)
+async def test_foreign_host_is_refused_token_or_not(fakes, mixer, token, template) -> None:
+    local, kernel, m, port = await _host_mixer(fakes, mixer, token)
+    host = template.format(port=port)
+    headers = m.headers(Host=host)
+    for method, path in (("GET", "/api/kernels"), ("GET", "/api/kernelspecs"), ("GET", "/lab"),
+                         ("POST", "/api/kernels"), ("GET", "/mixer/api/status")):
+        status, body = await m.call(method, path, headers=headers, json={"name": "local-python3"})
+        assert status == 403, (method, path, body)
+        assert "Host" in body["message"]
+    url = m.url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels?token={TOKEN}"
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await m.session.ws_connect(url, headers={**headers, "Origin": f"http://{host}"})
+    assert info.value.status == 403
+    assert local.seen == []
+    status, _ = await m.call("GET", "/api/kernels")
+    assert status == 200  # still serving
+
+
+@pytest.mark.parametrize("template", ADMITTED_HOSTS)
+async def test_loopback_hosts_are_admitted(fakes, mixer, template) -> None:
+    local, kernel, m, port = await _host_mixer(fakes, mixer, None)
+    host = template.format(port=port)
+    status, _ = await m.call("GET", "/api/kernels", headers={"Host": host})
+    assert status == 200
+    url = m.url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels"
+    async with m.session.ws_connect(url, headers={"Host": host, "Origin": f"http://{host}"}) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).data == "hi"
+
+
+async def test_external_hostname_and_allowed_origin_hosts_are_admitted(fakes, mixer) -> None:
+    local = await fakes("local")
+    m = await mixer([("local", local)], external_hostname="mixer.example.org",
+                    allowed_origins=("https://lab.example.org:8443",))
+    for host, status in (("mixer.example.org", 200), ("Mixer.Example.Org:443", 200),
+                         ("lab.example.org:8443", 200), ("lab.example.org", 200),
+                         ("example.org", 403), ("evil.mixer.example.org", 403)):
+        got, _ = await m.call("GET", "/api/kernels", headers=m.headers(Host=host))
+        assert got == status, host
+
+
+async def test_no_token_is_warned_about_at_startup(fakes, mixer, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    local = await fakes("local")
+    await mixer([("local", local)])
+    assert "no token configured" not in caplog.text
+    await mixer([("local", local)], token=None)
+    assert "no token configured" in caplog.text
+
+
+# -- an answer that fails part-way (issue 11 item 3) --------------------------------------------
+
+
+class HalfBody:
+    """An upstream that sends a head announcing 1000 bytes, then 500 of them, then dies
+    (``hang``: then says nothing more, so the mixer's read timeout fires)."""
+
+    def __init__(self, *, hang: bool = False) -> None:
+        self.hang = hang
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                         b"Content-Length: 1000\r\n\r\n" + b"x" * 500)
+            await writer.drain()
+            if self.hang:
+                await asyncio.sleep(10)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def raw_get(url: str, path: str) -> bytes:
+    """Everything the mixer sends for one GET, until it closes or resets the connection."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\ntoken: {TOKEN}\r\n\r\n".encode())
+    received = b""
+    try:
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(65536):
+                received += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        writer.close()
+    return received
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["dies", "read-timeout"])
+async def test_backend_failing_mid_body_aborts_the_client_connection(mixer, caplog, hang) -> None:
+    caplog.set_level(logging.DEBUG)
+    upstream = HalfBody(hang=hang)
+    try:
+        m = await mixer([("local", await upstream.start())], request_timeout=0.5)
+        received = await raw_get(m.url, "/files/big.bin")
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and received.count(b"HTTP/1.") == 1
+        assert len(body) < 1000 and b"message" not in body  # no error answer in the body
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with m.session.get(m.url + "/files/big.bin", headers=m.headers()) as resp:
+                await resp.read()
+    finally:
+        await upstream.stop()
+    aborts = [r.getMessage() for r in caplog.records if r.name.endswith("middlewares")]
+    assert len(aborts) == 2 and all("'local'" in a and "aborted" in a for a in aborts), aborts
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+async def test_errors_never_answer_after_the_answer_began(caplog) -> None:
+    """A handler that fails after its head went out gets its connection cut, never a
+    second head written into the body (the errors middleware, whatever the handler)."""
+    from notebook_kernels_mixer.errors import BackendTimeout
+    from notebook_kernels_mixer.front.middlewares import errors
+
+    async def half(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "100"})
+        await response.prepare(request)
+        await response.write(b"y" * 10)
+        raise BackendTimeout("local", "timed out in the middle")
+
+    app = web.Application(middlewares=[errors])
+    app.router.add_get("/half", half)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        received = await raw_get(f"http://127.0.0.1:{runner.addresses[0][1]}", "/half")
+    finally:
+        await runner.cleanup()
+    assert received.count(b"HTTP/1.") == 1 and received.endswith(b"y" * 10)
+    assert [r.getMessage() for r in caplog.records if r.name.endswith("middlewares")] == [
+        "GET /half: backend 'local': timed out in the middle; connection to the client aborted"]
+    assert not [r for r in caplog.records if r.exc_info]

@@ -35,3 +35,32 @@ async def test_log_all_flags_never_print_secrets(fakes, mixer, caplog) -> None:
     assert "POST /api/kernels" in logged and "remote-python3" in logged  # the flags work
     for secret in (TOKEN, XSRF, "backend-secret-token", "wrong-token-value"):
         assert secret not in logged
+
+
+async def test_requests_ending_in_an_error_reach_the_access_log(fakes, mixer, caplog) -> None:
+    """Issue 11 item 6: a 403 from the protection, a 4xx of the mixer's own and a
+    backend's error all get their access-log line under --log-all-request-responses,
+    and none of them prints a token (the client's or a backend's)."""
+    caplog.set_level(logging.INFO)
+    local = await fakes("local", token="local-backend-token")
+    m = await mixer([("local", local)],
+                    log=LogConfig(request_headers=True, request_responses=True, response_bodies=True))
+    port = m.url.rsplit(":", 1)[1]
+    calls = [
+        ("GET", f"/api/kernels?token={TOKEN}x", {"Accept": "*/*"}, 403),  # wrong token
+        ("GET", f"/api/kernels?token={TOKEN}", {"Host": f"evil.example:{port}"}, 403),  # Host
+        ("POST", f"/api/kernels?token={TOKEN}", {"Content-Type": "application/json"}, 400),
+        ("GET", "/api/kernels/0d1a", {"Authorization": f"token {TOKEN}"}, 404),
+        ("GET", "/api/kernelspecs/nope-python3", {"token": TOKEN}, 400),
+    ]
+    for method, path, headers, status in calls:
+        got, _ = await m.call(method, path, headers=headers, data=b"{bad")
+        assert got == status, path
+    lines = [r.getMessage() for r in caplog.records if r.name == "notebook_kernels_mixer.access"]
+    for method, path, _, status in calls:
+        bare = path.split("?")[0]
+        assert any(line.startswith(f"{method} {bare}") and f"-> {status} " in line
+                   for line in lines), (method, path, lines)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (TOKEN, "local-backend-token"):
+        assert secret not in logged

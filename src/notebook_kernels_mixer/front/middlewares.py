@@ -1,9 +1,12 @@
-"""The middlewares, outermost first: errors → access log → protection.
+"""The middlewares, outermost first: access log → errors → protection.
 
-``errors`` is the one place where the error tree becomes HTTP answers. ``protect``
-enforces SPEC §6 before any backend is contacted: the token (constant-time), the
-XSRF cookie/header pair, and the Origin of websocket upgrades (cross-site websocket
-hijacking).
+``access_logger`` is outermost so that every request reaches the access log, the
+ones that end in an error too (issue 11 item 6). ``errors`` is the one place where
+the error tree becomes HTTP answers, and the one that cuts a connection whose answer
+had already begun when it failed (issue 11 item 3). ``protect`` enforces SPEC §6
+before any backend is contacted: the ``Host`` (DNS rebinding), the token
+(constant-time), the XSRF pair when no token is configured, and the Origin of
+websocket upgrades (cross-site websocket hijacking).
 """
 
 from __future__ import annotations
@@ -14,20 +17,31 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from notebook_kernels_mixer import jsonutil
 from notebook_kernels_mixer.config import MixerConfig
 from notebook_kernels_mixer.errors import BackendError, Forbidden, MixerError
+from notebook_kernels_mixer.front.hosts import (
+    admitted_hosts,
+    host_allowed,
+    hostname,
+    is_loopback_host,
+)
 from notebook_kernels_mixer.front.redact import redact_headers, redact_text
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("notebook_kernels_mixer.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+#: Set on a request whose connection was cut after its answer had begun.
+ABORTED = web.RequestKey("mixer_aborted", str)
+#: Failures of the network, not of the mixer: logged as one line, without a stack.
+NETWORK_ERRORS = (BackendError, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 
 def error_response(status: int, reason: str, message: str) -> web.Response:
@@ -44,30 +58,89 @@ def mixer_error_response(exc: MixerError) -> web.Response:
     return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
 
 
+def answer_started(request: web.Request) -> bool:
+    """Whether some of the answer (at least its head) has gone to the client."""
+    return request.writer.output_size > 0
+
+
+def abort_connection(request: web.Request, reason: str) -> None:
+    """Cut the client's connection after a failure in the middle of an answer.
+
+    Its head (and perhaps part of its body) is on the wire already: an error answer
+    now would be written into that body, and a close after what was sent could pass
+    for a complete answer. A reset is what every HTTP client reports as a failure.
+    One log line, no stack trace: this is an ordinary network failure.
+    """
+    log.warning("%s %s: %s; connection to the client aborted",
+                request.method, request.path, redact_text(reason))
+    request[ABORTED] = reason
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MixerError):
+        return exc.message
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _error_answer(request: web.Request, exc: BaseException) -> web.Response:
+    if isinstance(exc, BackendError):
+        # Expected network failure: one line, no stack trace.
+        log.warning("%s %s: %s", request.method, request.path, exc.message)
+    if isinstance(exc, MixerError):
+        return mixer_error_response(exc)
+    if isinstance(exc, web.HTTPException):
+        return error_response(exc.status, exc.reason, exc.text or exc.reason)
+    log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(500, "Internal Server Error", "internal error in the mixer; see its log")
+
+
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except BackendError as exc:
-        # Expected network failure: one line, no stack trace.
-        log.warning("%s %s: %s", request.method, request.path, exc.message)
-        return mixer_error_response(exc)
-    except MixerError as exc:
-        return mixer_error_response(exc)
+    except asyncio.CancelledError:
+        raise
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason, exc.text or exc.reason)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(500, "Internal Server Error", "internal error in the mixer; see its log")
+        failure: Exception = exc
+    except Exception as exc:
+        failure = exc
+    if answer_started(request):
+        # Never a second head in a half-sent answer (issue 11 item 3).
+        if not isinstance(failure, NETWORK_ERRORS):
+            log.error("unexpected error on %s %s", request.method, request.path,
+                      exc_info=failure)
+        abort_connection(request, _describe(failure))
+        # aiohttp cannot write this on the aborted connection; it only ends the request.
+        return web.Response(status=500)
+    if isinstance(failure, ConnectionResetError):
+        raise failure  # the client went away before any answer: nothing to say
+    return _error_answer(request, failure)
 
 
-def access_logger(config: MixerConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+def access_logger(config: MixerConfig) -> Middleware:
     secrets = tuple(s for s in (config.token, *(b.token for b in config.backends)) if s)
     flags = config.log
+
+    def level() -> int | None:
+        if flags.request_responses or flags.response_bodies:
+            return logging.INFO
+        return logging.DEBUG if access_log.isEnabledFor(logging.DEBUG) else None
+
+    def log_line(request: web.Request, outcome: object, started: float, at: int) -> None:
+        status, backend, body = _outcome(request, outcome)
+        line = "%s %s -> %s (%s, %.1f ms)"
+        args = [request.method, redact_text(str(request.rel_url), secrets), status, backend,
+                (time.perf_counter() - started) * 1e3]
+        if flags.response_bodies and body:
+            line += " body: %s"
+            args.append(redact_text(body[:4096].decode(errors="replace"), secrets))
+        access_log.log(at, line, *args)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -76,21 +149,39 @@ def access_logger(config: MixerConfig) -> Callable[..., Awaitable[web.StreamResp
             access_log.info("> %s %s %s", request.method,
                             redact_text(str(request.rel_url), secrets),
                             redact_headers(request.headers.items()))
-        response = await handler(request)
-        if flags.request_responses or flags.response_bodies or log.isEnabledFor(logging.DEBUG):
-            line = "%s %s -> %s (%s, %.1f ms)"
-            args = [request.method, redact_text(str(request.rel_url), secrets), response.status,
-                    response.headers.get("X-Mixer-Backend", "mixer"),
-                    (time.perf_counter() - started) * 1e3]
-            if flags.response_bodies and isinstance(response, web.Response) and response.body:
-                body = response.body if isinstance(response.body, bytes) else b""
-                line += " body: %s"
-                args.append(redact_text(body[:4096].decode(errors="replace"), secrets))
-            level = logging.INFO if (flags.request_responses or flags.response_bodies) else logging.DEBUG
-            access_log.log(level, line, *args)
-        return response
+        at = level()
+        if at is None:
+            return await handler(request)
+        outcome: object = None
+        try:
+            outcome = await handler(request)
+            return outcome  # type: ignore[return-value]
+        except BaseException as exc:
+            outcome = exc
+            raise
+        finally:
+            log_line(request, outcome, started, at)
 
     return middleware
+
+
+def _outcome(request: web.Request, outcome: object) -> tuple[str, str, bytes]:
+    """Status, answering backend and body of what a request ended with."""
+    if request.get(ABORTED) is not None:
+        backend = outcome.headers.get("X-Mixer-Backend", "mixer") if isinstance(
+            outcome, web.StreamResponse) else "mixer"
+        return f"{getattr(outcome, 'status', '?')} aborted", backend, b""
+    if isinstance(outcome, web.HTTPException):
+        return str(outcome.status), "mixer", b""
+    if isinstance(outcome, asyncio.CancelledError):
+        return "cancelled", "mixer", b""
+    if isinstance(outcome, BaseException):
+        return type(outcome).__name__, "mixer", b""
+    if not isinstance(outcome, web.StreamResponse):
+        return "?", "mixer", b""
+    body = outcome.body if isinstance(outcome, web.Response) else None
+    backend = outcome.headers.get("X-Mixer-Backend", "mixer")
+    return str(outcome.status), backend, body if isinstance(body, bytes) else b""
 
 
 def _presented_tokens(request: web.Request) -> list[str]:
@@ -116,31 +207,58 @@ def origin_allowed(request: web.Request, config: MixerConfig) -> bool:
         url = URL(origin)
     except ValueError:
         return False
-    if url.host in LOOPBACK_NAMES or (config.external_hostname and url.host == config.external_hostname):
+    host = (url.host or "").lower()
+    if is_loopback_host(host) or (
+        config.external_hostname and host == hostname(config.external_hostname)
+    ):
         return True
-    if url.raw_authority and url.raw_authority == request.host:
+    if url.raw_authority and url.raw_authority == request.headers.get("Host"):
         return True
     return f"{url.scheme}://{url.raw_authority}" in config.allowed_origins
 
 
-def protector(config: MixerConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+def _check_token(request: web.Request, expected: bytes) -> None:
+    presented = _presented_tokens(request)
+    # Any one correct form admits (GatewayClient sends an empty "Authorization: token "
+    # beside a correct "token" header). Compare all candidates so the time taken does
+    # not depend on which one matched.
+    matches = [hmac.compare_digest(p.encode(), expected) for p in presented]
+    if not any(matches):
+        raise Forbidden("missing or wrong token" if presented else "a token is required")
+
+
+def _check_xsrf(request: web.Request) -> None:
+    cookie = request.cookies.get("_xsrf", "")
+    header = request.headers.get("X-XSRFToken", "")
+    if not cookie or not header or not hmac.compare_digest(cookie.encode(), header.encode()):
+        raise Forbidden("'_xsrf' cookie and X-XSRFToken header missing or not equal")
+
+
+def protector(config: MixerConfig) -> Middleware:
     expected = config.token.encode() if config.token else None
+    admitted = admitted_hosts(config)
+    if expected is None:
+        log.warning(
+            "no token configured (--jupyter-token, or [mixer] token_env/token_file): every "
+            "program on this machine can run code in your kernels through the mixer; "
+            "only the Host, Origin and XSRF checks stand in the way of web pages"
+        )
 
     @web.middleware
     async def protect(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if not host_allowed(host, admitted):
+            # DNS rebinding (issue 11 item 2): refused with or without a token.
+            raise Forbidden(
+                f"Host {(host or '')[:200]!r} refused: the mixer answers requests for loopback "
+                "addresses, its --external-hostname and --allow-origin hosts only"
+            )
         if expected is not None:
-            presented = _presented_tokens(request)
-            # Any one correct form admits (GatewayClient sends an empty
-            # "Authorization: token " beside a correct "token" header). Compare all
-            # candidates so the time taken does not depend on which one matched.
-            matches = [hmac.compare_digest(p.encode(), expected) for p in presented]
-            if not any(matches):
-                raise Forbidden("missing or wrong token" if presented else "a token is required")
-        if request.method not in SAFE_METHODS:
-            cookie = request.cookies.get("_xsrf", "")
-            header = request.headers.get("X-XSRFToken", "")
-            if not cookie or not header or not hmac.compare_digest(cookie.encode(), header.encode()):
-                raise Forbidden("'_xsrf' cookie and X-XSRFToken header missing or not equal")
+            # A token-authenticated request needs no XSRF pair, as in jupyter_server:
+            # XSRF protects cookie sessions, which the mixer does not have (issue 13).
+            _check_token(request, expected)
+        elif request.method not in SAFE_METHODS:
+            _check_xsrf(request)
         if request.headers.get("Upgrade", "").lower() == "websocket" and not origin_allowed(
             request, config
         ):
