@@ -51,6 +51,14 @@ def mixer_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _original_flags(parser)
+    _mixer_flags(parser)
+    parser.add_argument("--version", action="version", version=f"mixer {__version__}")
+    return parser
+
+
+def _original_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the Go original (SPEC §2), with its defaults."""
     _flag(parser, "port", type=int, default=8081,
           help="port to listen on; loopback addresses only ([::1] and 127.0.0.1)")
     _flag(parser, "mixer-project", default=None,
@@ -79,8 +87,12 @@ def mixer_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
           help="log every request with its status, backend and duration")
     _flag(parser, "log-all-response-bodies", action="store_true",
           help="log the body of every JSON answer (secrets redacted)")
+
+
+def _mixer_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags the original does not have."""
     _flag(parser, "list-timeout", default="2.5s",
-          help="how long a merged listing waits for one backend before leaving it out")
+          help="how long a merged listing waits for one backend before using its last-known entries")
     _flag(parser, "retention", default="10m",
           help="how long a backend that cannot answer still contributes its last-known "
                "kernels and sessions to listings (clients drop what a listing omits)")
@@ -101,8 +113,6 @@ def mixer_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
           help="also admit websockets from this Origin (scheme://host[:port]), repeatable")
     _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log level")
-    parser.add_argument("--version", action="version", version=f"mixer {__version__}")
-    return parser
 
 
 def given_options(argv: Sequence[str]) -> set[str]:
