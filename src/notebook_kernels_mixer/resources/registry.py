@@ -107,8 +107,9 @@ class Registry:
         return self._aliases.get((backend.name, backend_sid), backend_sid)
 
     def remember_session(self, client_sid: str, backend: Backend, backend_sid: str) -> None:
-        self.forget_session(client_sid, keep_touch=True)
-        self.state.put_session(client_sid, backend.name, backend_sid)
+        if self.state.sessions.get(client_sid) != (backend.name, backend_sid):
+            self.forget_session(client_sid, keep_touch=True)
+            self.state.put_session(client_sid, backend.name, backend_sid)
         if client_sid != backend_sid:
             self._aliases[(backend.name, backend_sid)] = client_sid
         self._touched["s:" + client_sid] = time.monotonic()
