@@ -37,9 +37,11 @@ websocket *before* answering the browser (jupyter_server awaits ``prepare()`` of
 connection ahead of the handshake), offering the browser's subprotocols, then chooses
 with the browser what the gateway chose, and relays frames unchanged (text stays text,
 binary stays binary; the stock class decodes binary frames as UTF-8). A gateway without
-v1 simply gets the legacy protocol end to end. When the gateway side closes, the
-browser socket is closed with 1011, and JupyterLab's own reconnection (which checks the
-kernel first) takes over from the front's silent one. It also fetches the gateway's
+v1 simply gets the legacy protocol end to end. When the gateway side closes (a mixer
+restart), it reconnects with GatewayClient's retry settings as the stock class does,
+so the browser's socket stays open (its frames wait meanwhile, where the stock class
+drops them and a cell run then never finishes); if that fails, the browser's socket is closed with
+1011 and JupyterLab's own reconnection takes over. It also fetches the gateway's
 kernelspecs once at start-up, so the front's first ``/api/kernelspecs`` answer names
 the gateway's default kernel: jupyter_server reads ``default_kernel_name`` before the
 listing that updates it, and JupyterLab warns "Default kernel not found" otherwise.
@@ -51,7 +53,10 @@ import asyncio
 import contextlib
 from typing import Any
 
+from jupyter_server.gateway.connections import GatewayWebSocketConnection
+from jupyter_server.gateway.gateway_client import GatewayClient
 from jupyter_server.services.kernels.connection.base import BaseKernelWebsocketConnection
+from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.escape import url_escape
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -62,6 +67,8 @@ from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, w
 #: complete; a handshake tornado refuses after ``prepare()`` (bad headers, origin) never
 #: calls ``connect()``, and the gateway side must not stay open for nothing.
 HANDSHAKE_GRACE = 10.0
+#: Browser frames kept while the front reconnects to the gateway; more are dropped.
+MAX_PENDING = 1000
 #: Close code sent to the browser when the gateway side of a kernel websocket ends:
 #: "internal error" makes JupyterLab reconnect (1000/1001 would leave it disconnected).
 UPSTREAM_CLOSED = 1011
@@ -88,8 +95,6 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 def connection_class(configured: type, *, gateway: bool) -> type:
     """The class to use instead of ``configured``: the gateway passthrough for the stock
     gateway class, else ``configured`` with no-delay added."""
-    from jupyter_server.gateway.connections import GatewayWebSocketConnection
-
     if gateway and configured is GatewayWebSocketConnection:
         return GatewayPassthroughConnection
     if issubclass(configured, NoDelayConnection):
@@ -130,15 +135,16 @@ class GatewayPassthroughConnection(NoDelayConnection, BaseKernelWebsocketConnect
     chose for the browser's offer, frames unchanged."""
 
     upstream: WebSocketClientConnection | None = None
+    _offered: tuple[str, ...] = ()
+    _pending: list[str | bytes] | None = None  # browser frames kept while reconnecting
     _pump: asyncio.Task[None] | None = None
     _watchdog: asyncio.TimerHandle | None = None
     _closed: bool = False
 
     async def prepare(self) -> None:
         """Before the browser's handshake: connect to the gateway, learn its protocol."""
-        self.upstream = await self._connect_upstream(_offered_protocols(self.websocket_handler))
-        with contextlib.suppress(AttributeError, OSError):
-            self.upstream.protocol.set_nodelay(True)  # the front → gateway leg too
+        self._offered = tuple(_offered_protocols(self.websocket_handler))
+        self.upstream = await self._connect_upstream()
         # read by KernelWebsocketHandler.select_subprotocol: "" means the legacy protocol
         self.kernel_ws_protocol = self.upstream.selected_subprotocol or ""
         self._watchdog = asyncio.get_running_loop().call_later(HANDSHAKE_GRACE, self._drop_unopened)
@@ -148,23 +154,24 @@ class GatewayPassthroughConnection(NoDelayConnection, BaseKernelWebsocketConnect
             self.log.info("Kernel %s: the browser's handshake did not complete", self.kernel_id)
             self.disconnect()
 
-    async def _connect_upstream(self, protocols: list[str]) -> WebSocketClientConnection:
-        from jupyter_server.gateway.gateway_client import GatewayClient
-        from jupyter_server.utils import url_path_join
-
+    async def _connect_upstream(self) -> WebSocketClientConnection:
         client = GatewayClient.instance()
-        url = url_path_join(client.ws_url or "", client.kernels_endpoint,
-                            url_escape(self.kernel_id), "channels")  # fmt: skip
+        url = url_path_join(
+            client.ws_url or "", client.kernels_endpoint, url_escape(self.kernel_id), "channels"
+        )
         if self.session_id:
             url += f"?session_id={url_escape(self.session_id)}"
         request = HTTPRequest(url, **client.load_connection_args())
         try:
-            return await websocket_connect(request, subprotocols=protocols or None)
+            upstream = await websocket_connect(request, subprotocols=list(self._offered) or None)
         except HTTPClientError as exc:  # the gateway refused the upgrade: say what it said
             status = exc.code if exc.code < 599 else 503
             raise web.HTTPError(status, "gateway kernel websocket: %s", exc) from None
         except (OSError, StreamClosedError) as exc:
             raise web.HTTPError(503, "gateway kernel websocket: %s", exc) from None
+        with contextlib.suppress(AttributeError, OSError):
+            upstream.protocol.set_nodelay(True)  # the front → gateway leg too
+        return upstream
 
     async def connect(self) -> None:
         """Called by the handler's ``open()``, after the handshake: relay the gateway's frames."""
@@ -172,31 +179,79 @@ class GatewayPassthroughConnection(NoDelayConnection, BaseKernelWebsocketConnect
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self.upstream is not None and not self._closed:
-            self._pump = asyncio.ensure_future(self._relay_upstream(self.upstream))
+            self._pump = asyncio.ensure_future(self._relay_upstream())
 
-    async def _relay_upstream(self, upstream: WebSocketClientConnection) -> None:
-        while not self._closed:
-            message = await upstream.read_message()
+    async def _relay_upstream(self) -> None:
+        """Gateway → browser, reconnecting to the gateway when it goes (as the stock
+        class does): the browser's socket stays open across a mixer restart."""
+        while not self._closed and self.upstream is not None:
+            message = await self.upstream.read_message()
             if message is None:
-                break
+                if self._closed or not await self._reconnect():
+                    break
+                continue
             try:
                 self.websocket_handler.write_message(message, binary=isinstance(message, bytes))
             except WebSocketClosedError:
                 break
         if not self._closed:
             self._closed = True
-            self.log.info("Gateway closed the websocket of kernel %s (code %s)", self.kernel_id,
-                          upstream.close_code)  # fmt: skip
             self.websocket_handler.close(UPSTREAM_CLOSED, "gateway connection closed")
 
-    def handle_incoming_message(self, incoming_msg: str | bytes) -> None:
-        """A frame from the browser, to the gateway as it came."""
-        if self.upstream is None or self._closed:
-            return
+    async def _reconnect(self) -> bool:
+        """GatewayClient's retry policy (``gateway_retry_max`` attempts, doubling from
+        ``gateway_retry_interval``); the new socket must speak the browser's protocol.
+        The browser's frames meanwhile wait (bounded) and go out once reconnected."""
+        client = GatewayClient.instance()
+        code = self.upstream.close_code if self.upstream is not None else None
+        self.log.info("Gateway closed the websocket of kernel %s (code %s)", self.kernel_id, code)
+        if self._pending is None:
+            self._pending = []
+        for attempt in range(client.gateway_retry_max):
+            await asyncio.sleep(
+                min(client.gateway_retry_interval * 2**attempt, client.gateway_retry_interval_max)
+            )
+            if self._closed:
+                break
+            try:
+                upstream = await self._connect_upstream()
+            except web.HTTPError as exc:
+                self.log.info("Kernel %s: reconnecting to the gateway: %s", self.kernel_id, exc)
+                if exc.status_code == 404:  # the kernel is gone: nothing to wait for
+                    break
+                continue
+            if (upstream.selected_subprotocol or "") != self.kernel_ws_protocol:
+                upstream.close()
+                break
+            self.upstream, pending, self._pending = upstream, self._pending, None
+            for message in pending:
+                self._send(message)
+            return True
+        self._pending = None
+        return False
+
+    def _send(self, message: str | bytes) -> bool:
+        if self.upstream is None:
+            return False
         try:
-            self.upstream.write_message(incoming_msg, binary=isinstance(incoming_msg, bytes))
+            self.upstream.write_message(message, binary=isinstance(message, bytes))
         except WebSocketClosedError:
-            self.log.warning("Kernel %s: message dropped, gateway websocket closed", self.kernel_id)
+            return False
+        return True
+
+    def handle_incoming_message(self, incoming_msg: str | bytes) -> None:
+        """A frame from the browser, to the gateway as it came (or kept for the
+        reconnected gateway socket while the front reconnects)."""
+        if self._closed:
+            return
+        if self._pending is None and self._send(incoming_msg):
+            return
+        if self._pending is None:
+            self._pending = []  # the gateway socket just went; _relay_upstream will notice
+        if len(self._pending) < MAX_PENDING:
+            self._pending.append(incoming_msg)
+        else:
+            self.log.warning("Kernel %s: message dropped while reconnecting to the gateway", self.kernel_id)
 
     def handle_outgoing_message(self, stream: str, outgoing_msg: list[Any]) -> None:
         """Unused: frames from the gateway are relayed by ``_relay_upstream``."""
