@@ -3,11 +3,17 @@ gets a clear 4xx, starts nothing on any backend, and the mixer keeps serving."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import aiohttp
 import pytest
 from yarl import URL
 
+from .helpers import where
+from .support import topology
 from .support.api import ApiClient
+from .support.topology import JupyterServer, Mixer
 
 pytestmark = pytest.mark.e2e
 
@@ -49,23 +55,20 @@ async def test_missing_or_wrong_token_is_403_and_nothing_starts(
 
 
 @pytest.mark.parametrize("xsrf", [None, "mismatch"])
-async def test_unsafe_methods_without_matching_xsrf_are_403(
-    http: aiohttp.ClientSession, mixer_api: ApiClient, local_api: ApiClient,
-    remote_api: ApiClient, xsrf: str | None,
+async def test_token_authenticated_unsafe_methods_need_no_xsrf(
+    http: aiohttp.ClientSession, mixer_api: ApiClient, local_api: ApiClient, janitor, xsrf: str | None,
 ) -> None:
-    before = await backend_kernels(local_api, remote_api)
+    """SPEC §6 / issue 13: the token authenticates; an XSRF pair is not asked for (editors'
+    clients send none). Without a configured token it is: see ``test_open_mixer_*``."""
     extra = {"Cookie": "_xsrf=a", "X-XSRFToken": "b"} if xsrf else {}
     no_xsrf = ApiClient(http, mixer_api.base_url, auth=mixer_api.auth, xsrf=None)
-    for method, path, body in (
-        ("POST", "/api/kernels", {"name": "local-python3"}),
-        ("PATCH", "/api/sessions/5f62c0c4-d4ba-4dfb-8cd1-33eafb7f6938", {"path": "y"}),
-        ("DELETE", "/api/kernels/5f62c0c4-d4ba-4dfb-8cd1-33eafb7f6938", None),
-    ):
-        resp = await no_xsrf.request(method, path, json_body=body, headers=extra)
-        assert resp.status == 403, resp.describe()
-        assert "_xsrf" in resp.json()["message"]
-    assert await backend_kernels(local_api, remote_api) == before
-    await still_serving(mixer_api)
+    resp = await no_xsrf.request("POST", "/api/kernels", json_body={"name": "local-python3"},
+                                 headers=extra)
+    assert resp.status == 201, resp.describe()
+    kernel_id = janitor.track(resp.json()["id"])
+    assert kernel_id in await local_api.kernel_ids()
+    resp = await no_xsrf.request("DELETE", f"/api/kernels/{kernel_id}", headers=extra)
+    assert resp.status == 204, resp.describe()
 
 
 @pytest.mark.parametrize(
@@ -121,3 +124,104 @@ async def test_path_traversal_under_kernelspecs_reads_nothing(
     assert resp.status in (400, 404), (resp.status, body[:200])
     assert b"argv" not in body and b"root:" not in body  # no kernel.json, no /etc/passwd
     await still_serving(mixer_api)
+
+
+# -- DNS rebinding: the Host check (issue 11 item 2) --------------------------------------------
+
+
+def evil(port: int) -> dict[str, str]:
+    """What a page at http://evil.example:PORT/ re-pointed at 127.0.0.1 sends."""
+    return {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+
+
+async def refused_as_rebinding(
+    http: aiohttp.ClientSession, base_url: str, port: int, kernel_id: str, auth: dict[str, str],
+) -> None:
+    """Every request and the kernel websocket from ``evil.example`` get a 403."""
+    xsrf = {"Cookie": "_xsrf=x", "X-XSRFToken": "x"}  # the page can set its own cookie
+    api = ApiClient(http, base_url, auth=lambda: {**auth, **evil(port), **xsrf}, name="evil")
+    for method, path, body in (
+        ("GET", "/api/kernelspecs", None),
+        ("GET", f"/api/kernels/{kernel_id}", None),
+        ("POST", "/api/kernels", {"name": "local-python3"}),
+        ("POST", f"/api/kernels/{kernel_id}/restart", {}),
+        ("GET", "/lab", None),
+    ):
+        resp = await api.request(method, path, json_body=body)
+        assert resp.status == 403, resp.describe()
+        assert "Host" in resp.json()["message"]
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await http.ws_connect(api.ws_url(f"/api/kernels/{kernel_id}/channels"),
+                              headers={**auth, **evil(port)})
+    assert info.value.status == 403
+
+
+async def test_foreign_host_is_refused_even_with_the_token(
+    http: aiohttp.ClientSession, mixer_api: ApiClient, mixer_proc, local_api: ApiClient, janitor,
+) -> None:
+    kernel = await mixer_api.start_kernel("local-python3")
+    janitor.track(kernel["id"])
+    before = await local_api.kernel_ids()
+    await refused_as_rebinding(http, mixer_api.base_url, mixer_proc.port, kernel["id"],
+                               mixer_api.auth())
+    # the token in the query, as browsers send it on websockets
+    url = mixer_api.ws_url(f"/api/kernels/{kernel['id']}/channels?token={mixer_proc.token}")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await http.ws_connect(url, headers=evil(mixer_proc.port))
+    assert info.value.status == 403
+    assert await local_api.kernel_ids() == before
+
+
+@pytest.mark.parametrize("host", ["[::1]", "127.0.0.1", "localhost"])
+async def test_loopback_hosts_reach_kernels(
+    http: aiohttp.ClientSession, mixer_api: ApiClient, mixer_proc, janitor, host: str,
+) -> None:
+    api = ApiClient(http, f"http://{host}:{mixer_proc.port}", auth=mixer_api.auth, name=host)
+    kernel = await api.start_kernel("local-python3")
+    janitor.track(kernel["id"])
+    assert await where(http, api, kernel["id"]) == "local"
+    assert (await api.delete_kernel(kernel["id"])).status == 204
+
+
+@pytest.fixture(scope="module")
+def open_stack(e2e_dir: Path) -> Iterator[tuple[JupyterServer, Mixer]]:
+    """A mixer without a token (allowed, and warned about) in front of a local
+    jupyter_server without one: the case DNS rebinding was a real threat for."""
+    local = topology.jupyter_server("open-local", e2e_dir, where="local", token="-")
+    # topology prepares servers with auth; this one has none (an empty token)
+    argv = local.process.argv
+    argv[argv.index("--IdentityProvider.token=-")] = "--IdentityProvider.token="
+    local.auth_headers = {}
+    mixer = topology.mixer(e2e_dir, local=local, remote=None, token="", gcloud=None,
+                           name="open-mixer", extra_args=["--log-all-request-responses"])
+    try:
+        local.start()
+        mixer.start()
+        yield local, mixer
+    finally:
+        mixer.stop()
+        local.stop()
+
+
+async def test_open_mixer_refuses_rebinding_and_wants_xsrf(
+    http: aiohttp.ClientSession, open_stack: tuple[JupyterServer, Mixer],
+) -> None:
+    local, mixer = open_stack
+    assert "no token configured" in mixer.log_text()
+    direct = ApiClient(http, local.url, xsrf="x", name="open-local")
+    api = ApiClient(http, mixer.url, xsrf=None, name="open-mixer")
+    resp = await api.post("/api/kernels", {"name": "local-python3"})
+    assert resp.status == 403 and "_xsrf" in resp.json()["message"], resp.describe()
+    api.xsrf = "pair"
+    kernel = await api.start_kernel("local-python3")
+    try:
+        assert await where(http, api, kernel["id"]) == "local"
+        before = await direct.kernel_ids()
+        await refused_as_rebinding(http, mixer.url, mixer.port, kernel["id"], {})
+        assert await direct.kernel_ids() == before
+    finally:
+        await direct.delete_kernel(kernel["id"])
+    log = mixer.log_text()
+    # issue 11 item 6: the refused requests reach the access log
+    assert f"GET /api/kernels/{kernel['id']}/channels -> 403" in log
+    assert "POST /api/kernels -> 403" in log
