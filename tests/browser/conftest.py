@@ -234,9 +234,9 @@ class LabPage:
         return path
 
 
-@pytest.fixture
-def lab_page(request: pytest.FixtureRequest, chromium: Any, lab_topology: Topology) -> Iterator[LabPage]:
-    """A fresh browser context and page; console captured; artifacts kept under test-artifacts/."""
+def watched_page(chromium: Any, name: str) -> tuple[Any, LabPage]:
+    """A fresh browser context and its page, the console captured from the first request
+    on; the earlier artifacts of ``name`` removed."""
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(30_000)
@@ -249,10 +249,16 @@ def lab_page(request: pytest.FixtureRequest, chromium: Any, lab_topology: Topolo
         ws.on("socketerror", lambda err: console.on_socket_error(ws.url, str(err)))
 
     page.on("websocket", on_websocket)
-    name = request.node.name.removeprefix("test_")
     for old in ARTIFACTS.glob(f"{name}-*"):  # the artifacts of an earlier run of this test
         old.unlink()
-    lab = LabPage(page=page, console=console, name=name)
+    return context, LabPage(page=page, console=console, name=name)
+
+
+@pytest.fixture
+def lab_page(request: pytest.FixtureRequest, chromium: Any, lab_topology: Topology) -> Iterator[LabPage]:
+    """A fresh browser context and page; console captured; artifacts kept under test-artifacts/."""
+    name = request.node.name.removeprefix("test_")
+    context, lab = watched_page(chromium, name)
     try:
         yield lab
     finally:
@@ -264,7 +270,7 @@ def lab_page(request: pytest.FixtureRequest, chromium: Any, lab_topology: Topolo
             with contextlib.suppress(Exception):
                 lab.screenshot("FAILED")
             (ARTIFACTS / f"{name}-processes.log").write_text(lab_topology.logs())
-        (ARTIFACTS / f"{name}-console.log").write_text(console.dump())
+        (ARTIFACTS / f"{name}-console.log").write_text(lab.console.dump())
         with contextlib.suppress(Exception):
             context.close()
         # the notebooks' kernels go too (through the front, the mixer and their backends)

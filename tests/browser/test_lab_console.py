@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ..e2e.support.lab_run import Lab, lab
-from .conftest import ARTIFACTS, ConsoleLog, LabPage
+from .conftest import ARTIFACTS, ConsoleLog, LabPage, watched_page
 from .test_jupyterlab import STARTUP, expect, expect_kernel_idle, menu, notebook_name, pick_kernel, run_cell
 
 pytestmark = pytest.mark.browser
@@ -46,24 +46,13 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, str
 @pytest.fixture
 def page(request: pytest.FixtureRequest, chromium: Any, lab_run: tuple[Lab, str]) -> Iterator[LabPage]:
     """A fresh page with its console captured from the first request on."""
-    context = chromium.new_context(viewport={"width": 1280, "height": 800})
-    console = ConsoleLog()
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.on("console", lambda m: console.on_console(m.type, m.text))
-    page.on("pageerror", lambda e: console.on_page_error(str(e)))
-
-    def on_websocket(ws: Any) -> None:
-        console.on_websocket(ws.url)
-        ws.on("socketerror", lambda err: console.on_socket_error(ws.url, str(err)))
-
-    page.on("websocket", on_websocket)
     name = request.node.name.removeprefix("test_")
+    context, watched = watched_page(chromium, name)
     try:
-        yield LabPage(page=page, console=console, name=name)
+        yield watched
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / f"{name}-console.log").write_text(console.dump())
+        (ARTIFACTS / f"{name}-console.log").write_text(watched.console.dump())
         if getattr(getattr(request.node, "rep_call", None), "failed", False):
             (ARTIFACTS / f"{name}-lab.log").write_text(lab_run[0].stdout() + lab_run[0].stderr())
         context.close()

@@ -56,6 +56,12 @@ def lab_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixer-region", help="GCP region of the remote backend")
     p.add_argument("--mixer-host", help="parent host of the remote (kernels.googleusercontent.com)")
     p.add_argument("--gce-metadata-override-ip", help="metadata server for Google credentials")
+    _process_options(p)
+    return p
+
+
+def _process_options(p: argparse.ArgumentParser) -> None:
+    """Ports, timeouts, logs and the browser: how the children run."""
     p.add_argument(
         "--port",
         type=int,
@@ -90,7 +96,6 @@ def lab_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accepted for compatibility: the browser opens unless --no-browser",
     )
-    return p
 
 
 def remote_names(args: argparse.Namespace) -> tuple[str, ...]:
