@@ -193,3 +193,6 @@ async def test_lab_opens_the_browser_and_passes_serverapp_options_on(
         # the browser gets the file that holds the token, as jupyter lab does
         assert opened.read_text().split() == [re.search(r"file://\S+", run.stdout()).group(0)]
         assert "no web browser found" not in run.stderr()
+        # the mixer's state lives with the run's logs, not in Jupyter's runtime directory
+        assert (tmp_path / "logs" / "mixer-state.sqlite").exists()
+        assert not list(run.runtime_dir.glob("mixer-state*"))

@@ -136,7 +136,9 @@ def mixer_settings(plan: Plan) -> dict[str, Any]:
         if server.local:
             backend["local"] = True
         backends.append(backend)
-    return {"mixer": {"token_env": LOCAL_TOKEN_ENV}, "backends": backends}
+    # the state outlives nothing here: the backends, and their kernels, end with the run
+    state = str(plan.run_dir / "mixer-state.sqlite")
+    return {"mixer": {"token_env": LOCAL_TOKEN_ENV, "state_file": state}, "backends": backends}
 
 
 def write_mixer_config(plan: Plan) -> Path:
