@@ -56,6 +56,7 @@ class ManagedProcess:
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.frozen = False  # stopped with SIGSTOP (``freeze``) and not continued yet
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -107,10 +108,37 @@ class ManagedProcess:
                 )
             time.sleep(0.1)
 
+    def freeze(self) -> None:
+        """SIGSTOP the process alone, not its group nor its children: a server that
+        hangs (a network partition, a laptop lid) while its kernels keep running."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise ProcessFailed(f"{self.name} is not running: nothing to freeze")
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT after ``freeze``; harmless when not frozen or already gone."""
+        if self.frozen and self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit status of a process expected to end by itself (e.g. a refused start)."""
+        if self.proc is None:
+            raise ProcessFailed(f"{self.name} was never started")
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ProcessFailed(
+                f"{self.name} (pid {self.proc.pid}) still runs after {timeout:.0f}s\n{self.tail_text()}"
+            ) from None
+
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM the process group, SIGKILL it after ``timeout``; reap leftovers by PID."""
         if self.proc is None:
             return None
+        self.thaw()  # a stopped process would not act on SIGTERM
         proc = self.proc
         pid = proc.pid
         leftovers = descendants(pid) if proc.poll() is None else []
@@ -134,6 +162,7 @@ class ManagedProcess:
         """SIGKILL the process group at once (a crash), reaping leftovers by PID."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        self.frozen = False  # SIGKILL ends a stopped process too
         pid = self.proc.pid
         leftovers = descendants(pid)
         with contextlib.suppress(ProcessLookupError):

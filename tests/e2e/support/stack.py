@@ -99,9 +99,11 @@ class Stack:
 
     def repair(self) -> None:
         """Put back what a test broke on purpose: ``gcloud`` answers again and every
-        process started so far runs again (in start order, each waited for)."""
+        process started so far runs again (in start order, each waited for), none
+        left frozen."""
         self.gcloud.succeed()
         for process in self._started:
+            process.thaw()
             if not process.running():
                 process.start()
 

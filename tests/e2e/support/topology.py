@@ -16,11 +16,12 @@ on the pieces here. Kernels inherit their server's environment, so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,17 @@ class JupyterServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server process stopped (SIGSTOP) for the ``with`` block, its kernels
+        running on: it accepts connections and answers nothing. Continued (SIGCONT)
+        on the way out, whatever happened inside."""
+        self.process.freeze()
+        try:
+            yield
+        finally:
+            self.process.thaw()
 
 
 def _auth_args(
@@ -220,6 +232,10 @@ def mixer_available() -> bool:
     return True
 
 
+# ``mixer(state_file=...)`` not given: a file of the mixer's own in the test's directory
+DEFAULT_STATE = "<in the mixer's directory>"
+
+
 @dataclass
 class Mixer:
     """The mixer process; restartable on the same port."""
@@ -228,6 +244,7 @@ class Mixer:
     token: str
     process: ManagedProcess
     args: list[str] = field(default_factory=list)
+    state_file: Path | None = None  # its --state-file (None: chosen elsewhere, e.g. a config file)
 
     @property
     def url(self) -> str:
@@ -262,6 +279,8 @@ class Mixer:
         self.process.start()
 
     def restart(self, *, kill: bool = False) -> None:
+        """Stop (``kill``: SIGKILL, a crash that saves nothing) and start again, on the
+        same port and the same state file."""
         if kill:
             self.process.kill()
         else:
@@ -280,11 +299,16 @@ def mixer(
     extra_args: Sequence[str] = (),
     port: int | None = None,
     ready_timeout: float = 60,
+    state_file: Path | str | None = DEFAULT_STATE,
 ) -> Mixer:
-    """Prepare (not start) a mixer in front of ``local`` and ``remote``."""
+    """Prepare (not start) a mixer in front of ``local`` and ``remote``. Its state file
+    is ``workdir/name/mixer-state.sqlite`` unless ``state_file`` names another (or
+    ``":memory:"``, or None: no flag), so no test shares Jupyter's runtime directory."""
     port = port or free_port()
     home = workdir / name
     home.mkdir(parents=True, exist_ok=True)
+    if state_file is DEFAULT_STATE:
+        state_file = home / "mixer-state.sqlite"
     env = clean_env()
     if gcloud is not None:
         env["PATH"] = gcloud.path_env(env["PATH"])
@@ -297,8 +321,11 @@ def mixer(
     ]
     if remote is not None:
         argv.append(f"--remote-url=http://127.0.0.1:{remote.port}")
+    if state_file is not None:
+        argv.append(f"--state-file={state_file}")
     argv += list(extra_args)
-    m = Mixer(port=port, token=token, process=None, args=argv)  # type: ignore[arg-type]
+    m = Mixer(port=port, token=token, process=None, args=argv,  # type: ignore[arg-type]
+              state_file=Path(state_file) if state_file not in (None, ":memory:") else None)
     m.process = ManagedProcess(
         name, argv, log_path=home / f"{name}.log", env=env, cwd=home,
         ready=m.probe, ready_timeout=ready_timeout,
