@@ -62,6 +62,7 @@ class Profile:
     rest_slow_n: int
     later_s: float
     recover_cap_s: float
+    poll_total: int
     conns: int = 200
     conn_rts: int = 50
     pipe_window: int = 64
@@ -71,12 +72,12 @@ class Profile:
 QUICK = Profile(
     "quick", ws_rounds=3, rtt_n=300, pipe_n=6000, bulk_n=32, many_rounds=2, kernel_rounds=2,
     exec_n=60, big_mb=20, rest_rounds=3, rest_fast_n=30, rest_slow_n=2, later_s=1.5,
-    recover_cap_s=20,
+    recover_cap_s=20, poll_total=200,
 )
 FULL = Profile(
     "full", ws_rounds=7, rtt_n=2000, pipe_n=30000, bulk_n=128, many_rounds=7, kernel_rounds=5,
     exec_n=200, big_mb=20, rest_rounds=5, rest_fast_n=100, rest_slow_n=6, later_s=4,
-    recover_cap_s=30,
+    recover_cap_s=30, poll_total=1000,
 )
 
 

@@ -317,3 +317,24 @@ async def t_rest(
         "msgs": n,
     }
 
+
+async def t_pollers(
+    sess: aiohttp.ClientSession, target: Target, meter: Meter, pollers: int, total: int, path: str,
+    check: Callable[[object], bool],
+) -> dict:
+    """``pollers`` clients listing ``path`` back to back at once (browser tabs polling),
+    ``total`` listings in all."""
+    lat: list[float] = []
+    errors = 0
+
+    async def poller(n: int) -> None:
+        nonlocal errors
+        for _ in range(n):
+            status, data, elapsed = await get_json(sess, target, path)
+            lat.append(elapsed)
+            errors += status != 200 or not check(data)
+
+    meter.start()
+    await asyncio.gather(*(poller(total // pollers) for _ in range(pollers)))
+    meter.stop()
+    return {"p50_ms": 1e3 * pct(lat, 50), "p90_ms": 1e3 * pct(lat, 90), "errors": errors, "msgs": len(lat)}

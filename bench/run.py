@@ -140,6 +140,7 @@ async def amain(args: argparse.Namespace) -> int:
         results = await run_sections(bench)
     finally:
         bench.procs.stop_all()
+        shutil.rmtree(bench.tmp, ignore_errors=True)
     meta["instances"] = bench.instances
     text, targets = render(results, meta)
     print(text, flush=True)

@@ -12,6 +12,7 @@ import sys
 
 from bench.driver import HERE, TOKEN, Bench, Fake, Mixer, Target, direct_headers
 from bench.load import t_bulk, t_exec_big, t_exec_small, t_many, t_pipelined, t_rtt
+from bench.nginx import start_nginx
 from bench.procs import wait_port
 from notebook_kernels_mixer.processes import free_port
 
@@ -78,6 +79,13 @@ async def section_ws(bench: Bench) -> dict:
         target, splice = await start_splice(bench, local, local_kernel)
         targets.append(target)
         references.append(splice)
+        nginx = await start_nginx(bench, local.port)
+        if nginx is not None:
+            proc, port = nginx
+            roles = {"mixer": proc.pid, "backend": local.pid}
+            url = f"http://127.0.0.1:{port}"
+            targets.append(Target("ref-nginx", url, direct_headers(), local_kernel, roles))
+            references.append(proc)
     mixed, running = await mixer_targets(bench, "ws", local, remote)
     sec: dict = {"tests": await ws_tests(bench, targets + mixed)}
     sec["remote_stats"] = await remote.stats()

@@ -10,14 +10,17 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 
-from bench.driver import Bench, Fake, Mixer, Target, direct_headers, pct
-from bench.load import get_json, kernel_ids, spec_names, t_rest
+from bench.driver import DEFAULT_MIXER, Bench, Fake, Meter, Mixer, Target, direct_headers, pct
+from bench.load import get_json, kernel_ids, spec_names, t_pollers, t_rest
 
 SCENARIOS = (("both_fast", 0, 0), ("remote_200ms", 0, 200), ("local_100ms_remote_200ms", 100, 200))
 LISTINGS = ("/api/kernelspecs", "/api/kernels")
+POLLERS = {"1 poller": 1, "10 pollers": 10}
+EXTRA_BACKENDS = ("extra1", "extra2")  # besides local and remote, from the flags
 
 
 async def section_rest(bench: Bench) -> dict:
@@ -25,6 +28,7 @@ async def section_rest(bench: Bench) -> dict:
     sec: dict = {}
     for name, local_delay, remote_delay in SCENARIOS:
         sec[name] = await rest_scenario(bench, name, local_delay, remote_delay)
+    sec["pollers"] = await section_pollers(bench)
     if bench.mixers:
         sec["blackhole"] = {label: await blackhole(bench, label, cmd) for label, cmd in bench.mixers}
     return sec
@@ -192,3 +196,61 @@ async def until_remote_back(
         await asyncio.sleep(0.1)
     return None
 
+
+# -- pollers ---------------------------------------------------------------------------
+
+
+def pollers_config(bench: Bench, extra: list[Fake]) -> Path:
+    """A mixer config file adding backends without auth to the flags' local and remote."""
+    lines = []
+    for name, fake in zip(EXTRA_BACKENDS, extra, strict=True):
+        lines += ["[[backends]]", f'name = "{name}"', f'display_suffix = " ({name})"',
+                  f'url = "{fake.url}/"', 'auth = "none"', 'sessions = "backend"', ""]
+    path = bench.tmp / "pollers.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+async def backend_requests(fakes: list[Fake]) -> int:
+    stats = await asyncio.gather(*(fake.stats() for fake in fakes))
+    return sum(s.get("requests", 0) for s in stats)
+
+
+async def section_pollers(bench: Bench) -> dict:
+    """``GET /api/kernels`` through a mixer with 4 fast backends, from 1 client and from
+    10 at once: latency, mixer CPU and backend requests per listing (issue 12 item 4).
+    Only for this package's mixer (other command lines may not read ``--config``)."""
+    p = bench.profile
+    fakes = [Fake(bench, f"poll-{name}") for name in ("local", "remote", *EXTRA_BACKENDS)]
+    await asyncio.gather(*(fake.start() for fake in fakes))
+    ids = {await fake.start_kernel() for fake in fakes for _ in range(2)}
+    out: dict = {"backends": len(fakes), "total": p.poll_total, "tests": {}}
+    running: list[Mixer] = []
+
+    async def run(s: aiohttp.ClientSession, t: Target, m: Meter) -> dict:
+        before = await backend_requests(fakes)
+        res = await t_pollers(
+            s, t, m, POLLERS[t.name], p.poll_total, "/api/kernels", lambda d: ids <= kernel_ids(d)
+        )
+        res["backend_requests_per_listing"] = (await backend_requests(fakes) - before) / max(1, res["msgs"])
+        return res
+
+    try:
+        for label, template in bench.mixers:
+            if template != DEFAULT_MIXER:
+                continue
+            mixer = Mixer(bench, label, DEFAULT_MIXER + " --config {config}")
+            mixer.config = pollers_config(bench, fakes[2:])
+            running.append(await mixer.start("pollers", fakes[0].port, fakes[1].port))
+            roles = {"mixer": mixer.pid}
+            targets = [Target(name, mixer.url, mixer.headers, "", roles, mixer) for name in POLLERS]
+            test = f"pollers x {len(fakes)} backends ({label})"
+            out["tests"][label] = await bench.rounds(test, targets, p.rest_rounds, run)
+            bench.finish_mixer(mixer, "rest-pollers", await fakes[1].stats())
+    finally:
+        for m in running:
+            if m.proc is not None:
+                m.finish()
+        for fake in fakes:
+            fake.stop()
+    return out
