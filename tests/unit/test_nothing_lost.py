@@ -119,3 +119,17 @@ async def test_concurrent_listings_share_one_fan_out(fakes, mixer) -> None:
     assert all(status == 200 for status, _ in results)
     asked = sum(1 for s in remote.seen if s.path == "/api/kernels") - before
     assert asked <= 2, f"10 concurrent listings asked the backend {asked} times"
+
+
+async def test_what_the_mixer_started_is_last_known_before_any_listing(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer, list_timeout=0.3)
+    status, k = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
+    assert status == 201
+    status, s = await m.call("POST", "/api/sessions",
+                             json={"path": "a.ipynb", "kernel": {"name": "remote-python3"}})
+    assert status == 201
+    await remote.stop()  # before anybody listed anything
+    status, kernels = await m.call("GET", "/api/kernels")
+    assert status == 200 and {k["id"], s["kernel"]["id"]} <= {x["id"] for x in kernels}
+    status, sessions = await m.call("GET", "/api/sessions")
+    assert status == 200 and [x["id"] for x in sessions] == [s["id"]]

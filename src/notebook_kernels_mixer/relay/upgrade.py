@@ -192,8 +192,10 @@ class Dialer:
             remaining = max(deadline - time.monotonic(), 0.001)
             transport, conn = await asyncio.wait_for(self._connect(url), remaining)
             transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            remaining = max(deadline - time.monotonic(), 0.001)
-            status, answer, rest = await asyncio.wait_for(conn.head, remaining)
+            # The answer gets a budget of its own: jupyter_server answers the upgrade only
+            # once the kernel is ready, which takes a while on a busy machine.
+            limit = self.backend.config.request_timeout
+            status, answer, rest = await asyncio.wait_for(conn.head, limit)
         except UpgradeError as exc:
             if transport is not None:
                 transport.close()

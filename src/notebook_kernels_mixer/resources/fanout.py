@@ -154,8 +154,15 @@ class FanOut:
                 out.setdefault(backend, {})[listing] = since
         return out
 
-    def forget(self) -> None:
-        self._last.clear()
+    def amend(self, listing: str, backend: Backend, *, add: dict[str, Any] | None = None,
+              remove: str | None = None) -> None:
+        """Keep ``backend``'s last-known entries of ``listing`` up to date with what the
+        mixer itself just did there (an entry created or deleted by id), so a kernel
+        started just before an outage is not missing from the listings during it."""
+        key = (listing, backend.name)
+        at, entries = self._last.get(key, (time.time(), []))
+        kept = [e for e in entries if e.get("id") not in (remove, add and add.get("id"))]
+        self._last[key] = (at, [*kept, add] if add is not None else kept)
 
 
 def merged(answers: Sequence[Answer[list[T]]]) -> list[T]:

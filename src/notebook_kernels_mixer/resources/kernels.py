@@ -82,8 +82,9 @@ class KernelsHandlers:
         forward = {**body, "name": bare} if bare else {k: v for k, v in body.items() if k != "name"}
         status, model = await self.kernels[backend.name].start(forward)
         self.registry.created_kernel(model["id"], backend)
-        response = json_response(translate_kernel(model, backend.name), status=status,
-                                 backend=backend.name)
+        translated = translate_kernel(model, backend.name)
+        self.registry.fanout.amend("kernels", backend, add=translated)
+        response = json_response(translated, status=status, backend=backend.name)
         response.headers["Location"] = f"/api/kernels/{checked_id(model['id'], 'kernel')}"
         return response
 
@@ -107,19 +108,23 @@ class KernelsHandlers:
         backend = await self.owner(kernel_id)
         model = await self.kernels[backend.name].get(kernel_id)
         if model is None:
-            self._gone(kernel_id)
+            self._gone(kernel_id, backend)
         return json_response(translate_kernel(model, backend.name), backend=backend.name)
 
-    def _gone(self, kernel_id: str) -> Any:
+    def _forget(self, kernel_id: str, backend: Backend) -> None:
         self.registry.forget_kernel(kernel_id)
+        self.registry.fanout.amend("kernels", backend, remove=kernel_id)
+
+    def _gone(self, kernel_id: str, backend: Backend) -> Any:
+        self._forget(kernel_id, backend)
         raise NotFound(f"kernel {kernel_id!r} not found")
 
     async def delete(self, request: web.Request) -> web.Response:
         kernel_id = request.match_info["kernel_id"]
         backend = await self.owner(kernel_id)
         if not await self.kernels[backend.name].delete(kernel_id):
-            self._gone(kernel_id)
-        self.registry.forget_kernel(kernel_id)
+            self._gone(kernel_id, backend)
+        self._forget(kernel_id, backend)
         return web.Response(status=204, headers={"X-Mixer-Backend": backend.name})
 
     async def action(self, request: web.Request) -> web.Response:
@@ -129,7 +134,7 @@ class KernelsHandlers:
             status, model = await self.kernels[backend.name].action(
                 kernel_id, request.match_info["action"])
         except NotFound:
-            self._gone(kernel_id)
+            self._gone(kernel_id, backend)
         if model is None:
             return web.Response(status=status, headers={"X-Mixer-Backend": backend.name})
         return json_response(translate_kernel(model, backend.name), status=status,
@@ -149,5 +154,5 @@ class KernelsHandlers:
         try:
             return await self.relay.run(request, backend, f"/api/kernels/{quoted}/channels")
         except NotFound:
-            self._gone(kernel_id)
+            self._forget(kernel_id, backend)
             raise

@@ -78,13 +78,20 @@ class SessionsHandlers:
             web.delete("/api/sessions/{session_id}", self.delete),
         ]
 
-    def _answer(self, backend: Backend, model: Model, client_id: str, status: int = 200) -> web.Response:
+    def _answer(self, backend: Backend, model: Model, client_id: str, status: int = 200,
+                *, changed: bool = False) -> web.Response:
+        """The answer for ``model``; ``changed``: the mixer just created or moved it
+        there, so the backend's last-known sessions learn it too."""
         self.registry.remember_session(client_id, backend, model["id"])
         kernel = model.get("kernel")
         if isinstance(kernel, dict) and isinstance(kernel.get("id"), str):
             self.registry.listed_kernel(kernel["id"], backend)
-        return json_response(translate_session(model, backend.name, client_id), status=status,
-                             backend=backend.name)
+        translated = translate_session(model, backend.name, client_id)
+        if changed:
+            self.registry.fanout.amend("sessions", backend, add=translated)
+            if isinstance(translated.get("kernel"), dict):
+                self.registry.fanout.amend("kernels", backend, add=translated["kernel"])
+        return json_response(translated, status=status, backend=backend.name)
 
     # -- list ------------------------------------------------------------------------------
     async def listing(self, backend: Backend) -> list[Model]:
@@ -128,7 +135,7 @@ class SessionsHandlers:
         forward = {**body, "kernel": kernel} if kernel is not None else body
         model = await self.stores[backend.name].create(forward)
         return self._answer(backend, model, self.registry.client_session_id(backend, model["id"]),
-                            status=201)
+                            status=201, changed=True)
 
     # -- one session ------------------------------------------------------------------------
     async def owner(self, client_id: str) -> tuple[Backend, str]:
@@ -166,6 +173,7 @@ class SessionsHandlers:
             async with self._gone_if_missing(client_id):
                 await self.stores[backend.name].delete(backend_sid)
             self.registry.forget_session(client_id)
+            self.registry.fanout.amend("sessions", backend, remove=client_id)
         return web.Response(status=204, headers={"X-Mixer-Backend": backend.name})
 
     @asynccontextmanager
@@ -204,7 +212,8 @@ class SessionsHandlers:
         create = {f: v for f in _MODEL_FIELDS if (v := body.get(f, current.get(f))) is not None}
         create["kernel"] = kernel
         model = await self._create_exactly(new, create)
-        answer = self._answer(new, model, client_id)
+        answer = self._answer(new, model, client_id, changed=True)
+        self.registry.fanout.amend("sessions", old_backend, remove=client_id)
         try:
             await old_store.delete(old_sid)
         except (BackendError, NotFound) as exc:
@@ -213,6 +222,7 @@ class SessionsHandlers:
         old_kernel = current.get("kernel")
         if isinstance(old_kernel, dict) and isinstance(old_kernel.get("id"), str):
             self.registry.forget_kernel(old_kernel["id"])
+            self.registry.fanout.amend("kernels", old_backend, remove=old_kernel["id"])
         log.info("session %s moved from %r to %r", client_id, old_backend.name, new.name)
         return answer
 
