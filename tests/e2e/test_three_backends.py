@@ -206,7 +206,8 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Three]:
         mixer_url = f"http://127.0.0.1:{port}"
         mixer = ManagedProcess(
             "mixer",
-            [*mixer_command(), f"--port={port}", f"--config={config}"],
+            [*mixer_command(), f"--port={port}", f"--config={config}",
+             f"--state-file={workdir / 'mixer-state.sqlite'}"],  # not Jupyter's runtime dir
             log_path=workdir / "mixer.log",
             env=clean_env({"E2E_KG_TOKEN": servers["kg"].token}),
             cwd=workdir,
