@@ -3,11 +3,13 @@
 A ``Probe`` is sampled about once a second while the load runs (``sample``) and
 judged once the workers have stopped, before the backends are cleaned up
 (``finish``), which returns its ``Section`` of the report. THE PLACE TO ADD A
-MEASUREMENT: write a probe and list it in ``default_probes``. Issue 10 will add one
-that reads the sizes of the mixer's in-memory maps from ``/mixer/api/status`` (sample
-them, report the series, check that they go back down once the load is over).
+MEASUREMENT: write a probe and list it in ``default_probes``.
 
 * ``RelayProbe``: once the workers are done the mixer relays no websocket;
+* ``MapsProbe``: the sizes of the mixer's in-memory maps (``/mixer/api/status``
+  "memory"), sampled every 5 s while kernels and sessions also come and go behind the
+  mixer's back (``churn.py``); once the load is over each map is no larger than what
+  the backends hold (issue 10 item 3: memory bounded by the backends, for days);
 * ``ProcessProbe``: the mixer's RSS (``VmRSS`` of ``/proc/PID/status``) and open file
   descriptors stay flat. Why a tolerance on the RSS and not zero: the first requests of
   each kind import and cache things, CPython keeps freed memory in its own arenas and
@@ -23,10 +25,12 @@ import asyncio
 import contextlib
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .churn import BackdoorChurn
 from .client import MixerClient
 from .ledger import MIB, Ledger
 
@@ -56,7 +60,7 @@ class Probe:
 
 
 def default_probes(pid: int, client: MixerClient, args: argparse.Namespace) -> list[Probe]:
-    return [RelayProbe(client), ProcessProbe(pid, client.ledger, args)]
+    return [RelayProbe(client), ProcessProbe(pid, client.ledger, args), MapsProbe(client)]
 
 
 # -- websockets still relayed --------------------------------------------------------------------
@@ -174,3 +178,99 @@ class ProcessProbe(Probe):
             "websocket_cycles": cycles,
             "series": [(t, round(v / MIB, 2)) for t, v in self.rss[:: max(1, len(self.rss) // 120)]],
         }
+
+
+# -- the mixer's maps ----------------------------------------------------------------------------
+
+MAPS_EVERY = 5.0
+SETTLE_WITHIN = 30.0  # after the load: a down-marked remote is probed back, then listed
+# each map of "memory" and what bounds it once the load is over: what the backends hold
+MAP_BOUNDS = {
+    "kernels": ("kernels",), "first_seen": ("kernels",), "created": ("kernels",),
+    "sessions": ("sessions",), "session_aliases": ("sessions",), "kept_sessions": ("sessions",),
+    "timestamps": ("kernels", "sessions"), "websockets": (), "websocket_sessions": (),
+}  # fmt: skip
+
+
+class MapsProbe(Probe):
+    """The mixer's map sizes, sampled in a task of their own (``/mixer/api/status`` asks
+    every backend), and the churn behind its back, started with the first sample."""
+
+    def __init__(self, client: MixerClient) -> None:
+        self.client = client
+        self.churn = BackdoorChurn(client.stack, client.http, client.ledger)
+        self.series: list[tuple[float, dict[str, int]]] = []
+        self.errors = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def sample(self, now: float) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self.churn.run())]
+
+    async def _watch(self) -> None:
+        ledger = self.client.ledger
+        while ledger.running():
+            try:
+                self.series.append((round(ledger.now(), 1), await self.memory()))
+            except Exception:
+                self.errors += 1
+            await ledger.pause(MAPS_EVERY)
+
+    async def memory(self) -> dict[str, int]:
+        status = await self.client.call("GET", "/mixer/api/status")
+        return {k: v for k, v in status["memory"].items() if isinstance(v, int)}
+
+    async def held(self) -> dict[str, int]:
+        """Kernels and sessions the backends hold, asked straight."""
+        counts = {"kernels": 0, "sessions": 0}
+        for backend in ("local", "remote"):
+            api = self.churn.api(backend)
+            for kind in counts:
+                counts[kind] += len(await api.ok_json("GET", f"/api/{kind}"))
+        return counts
+
+    async def settled(self) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+        """After the load: the maps, what the backends hold, and what exceeds its bound,
+        once nothing does (or ``SETTLE_WITHIN`` has passed)."""
+        deadline = time.monotonic() + SETTLE_WITHIN
+        while True:
+            memory, held, over = {}, {}, {"status": "no answer"}
+            with contextlib.suppress(Exception):
+                held = await self.held()
+                memory = await self.memory()
+                over = {}
+                for key, kinds in MAP_BOUNDS.items():
+                    bound = sum(held[k] for k in kinds)
+                    if key not in memory:
+                        over[key] = "missing from /mixer/api/status"
+                    elif memory[key] > bound:
+                        over[key] = f"{memory[key]} > {bound}"
+            if not over or time.monotonic() > deadline:
+                return memory, held, over
+            await asyncio.sleep(1.0)
+
+    async def finish(self) -> Section:
+        done, pending = await asyncio.wait(self._tasks, timeout=90) if self._tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self.churn.delete_all()
+        memory, held, over = await self.settled()
+        peak = {k: max((m.get(k, 0) for _, m in self.series), default=None) for k in MAP_BOUNDS}
+        text = (f"peak {peak}; after the load {memory} for {held} held by the backends"
+                + (f"; OVER: {over}" if over else ""))
+        churn = dict(self.churn.counts)
+        made = [k for k in ("kernels", "sessions")
+                if sum(n for name, n in churn.items() if name.endswith(f"{k} created")) > 0]
+        return Section(
+            data={"maps": {
+                "text": text, "peak": peak, "after_load": memory, "held_after_load": held,
+                "over": over, "status_errors": self.errors, "churn_behind_the_back": churn,
+                "series": self.series[:: max(1, len(self.series) // 120)],
+            }},
+            checks={
+                "mixer maps bounded by what the backends hold": (bool(self.series) and not over, text),
+                "churn behind the mixer's back (kernels and sessions)": (
+                    made == ["kernels", "sessions"], churn),
+            },
+        )  # fmt: skip

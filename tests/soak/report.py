@@ -46,6 +46,8 @@ def print_report(report: dict[str, Any], out: Callable[[str], None] = print) -> 
     _print_failures(report["failures"], out)
     out(f"  mixer RSS: {report['rss'].get('text')}")
     out(f"  mixer fds: {report['fds']}")
+    out(f"  mixer maps: {report['maps']['text']}")
+    out(f"  behind the mixer's back: {report['maps']['churn_behind_the_back']}")
     out(f"  jupyter_server 'Uncaught exception' log entries: {report['backend_uncaught_exceptions']}")
     out(f"  cleanup: {report['cleanup']}; logs and report in {report['workdir']}")
 
