@@ -63,7 +63,7 @@ def answer_started(request: web.Request) -> bool:
     return request.writer.output_size > 0
 
 
-def abort_connection(request: web.Request, reason: str) -> None:
+def abort_connection(request: web.Request, reason: str, *, level: int = logging.WARNING) -> None:
     """Cut the client's connection after a failure in the middle of an answer.
 
     Its head (and perhaps part of its body) is on the wire already: an error answer
@@ -71,8 +71,8 @@ def abort_connection(request: web.Request, reason: str) -> None:
     for a complete answer. A reset is what every HTTP client reports as a failure.
     One log line, no stack trace: this is an ordinary network failure.
     """
-    log.warning("%s %s: %s; connection to the client aborted",
-                request.method, request.path, redact_text(reason))
+    log.log(level, "%s %s: %s; connection to the client aborted",
+            request.method, request.path, redact_text(reason))
     request[ABORTED] = reason
     transport = request.transport
     if transport is not None:
@@ -115,7 +115,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not isinstance(failure, NETWORK_ERRORS):
             log.error("unexpected error on %s %s", request.method, request.path,
                       exc_info=failure)
-        abort_connection(request, _describe(failure))
+        # a client that went away mid-answer is routine (a closed tab, a cancelled download)
+        gone = isinstance(failure, ConnectionResetError)
+        abort_connection(request, _describe(failure), level=logging.DEBUG if gone else logging.WARNING)
         # aiohttp cannot write this on the aborted connection; it only ends the request.
         return web.Response(status=500)
     if isinstance(failure, ConnectionResetError):
@@ -237,6 +239,15 @@ def _check_xsrf(request: web.Request) -> None:
 def protector(config: MixerConfig) -> Middleware:
     expected = config.token.encode() if config.token else None
     admitted = admitted_hosts(config)
+    verdicts: dict[str, bool] = {}  # Host header → admitted; a few entries in practice
+
+    def host_admitted(host: str) -> bool:
+        verdict = verdicts.get(host)
+        if verdict is None:
+            verdict = host_allowed(host, admitted)
+            if len(verdicts) < 64:  # bounded: Host headers are chosen by clients
+                verdicts[host] = verdict
+        return verdict
     if expected is None:
         log.warning(
             "no token configured (--jupyter-token, or [mixer] token_env/token_file): every "
@@ -247,7 +258,7 @@ def protector(config: MixerConfig) -> Middleware:
     @web.middleware
     async def protect(request: web.Request, handler: Handler) -> web.StreamResponse:
         host = request.headers.get("Host")
-        if not host_allowed(host, admitted):
+        if host is not None and not host_admitted(host):
             # DNS rebinding (issue 11 item 2): refused with or without a token.
             raise Forbidden(
                 f"Host {(host or '')[:200]!r} refused: the mixer answers requests for loopback "
