@@ -44,6 +44,12 @@ DEMO_TOKEN_ENV = "MIXER_LAB_DEMO_TOKEN"
 WHERE_ENV = "MIXER_LAB_BACKEND"
 #: Loads this package's jupyter_server extension (traitlets' key=value form of a Dict).
 EXTENSION_FLAG = "--ServerApp.jpserver_extensions=notebook_kernels_mixer.jupyter=True"
+#: The backends serve the mixer's kernel APIs only (the front serves the UI, contents and
+#: terminals): the environment's UI extensions stay off there, ~0.4 s CPU less each.
+BACKEND_WITHOUT = tuple(
+    f"--ServerApp.jpserver_extensions={name}=False"
+    for name in ("jupyterlab", "jupyter_lsp", "notebook_shim", "jupyter_server_terminals")
+)
 # Variables of the user's environment that would rewire the children.
 _SCRUB = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_GATEWAY_", "JUPYTER_PORT")
 _SEED_FLAGS = ("remote_url", "mixer_project", "mixer_region", "mixer_host", "gce_metadata_override_ip")
@@ -167,7 +173,8 @@ def _root_flag() -> list[str]:
 def jupyter_server(plan: Plan, server: Server) -> Child:
     argv = [
         PYTHON, "-m", "jupyter_server", "--no-browser", "--port-retries=0",
-        f"--port={server.port}", f"--ServerApp.ip={LOOPBACK}", EXTENSION_FLAG, *_root_flag(),
+        f"--port={server.port}", f"--ServerApp.ip={LOOPBACK}", EXTENSION_FLAG, *BACKEND_WITHOUT,
+        *_root_flag(),
     ]  # fmt: skip
     url = f"http://{LOOPBACK}:{server.port}/api/status"
     headers = {"Authorization": f"token {server.token}"}
@@ -212,10 +219,9 @@ def front(plan: Plan) -> tuple[Child, FrontInfo]:
         f"--GatewayClient.url=http://{LOOPBACK}:{plan.mixer_port}/",
         EXTENSION_FLAG, *_root_flag(), *plan.front_args,
     ]  # fmt: skip
-    info = FrontInfo(plan)
     child = Child("front JupyterLab", argv, env, plan.run_dir / "front.log", plan.cwd,
-                  ready=info.ready, stop_first=True)  # fmt: skip
-    info.child = child
+                  ready=lambda: info.ready(), stop_first=True)  # fmt: skip
+    info = FrontInfo(plan, child)
     return child, info
 
 
@@ -224,15 +230,14 @@ class FrontInfo:
     writes (``jpserver-PID.json`` in Jupyter's runtime directory): the user's
     ``--ServerApp.port``, ``base_url`` or token options are honoured."""
 
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.child: Child | None = None
+    def __init__(self, plan: Plan, child: Child) -> None:
+        self.child = child
         self.url = f"http://{LOOPBACK}:{plan.front_port}/"
         self.token = plan.front_token
         self.open_file: Path | None = None
 
     def _runtime_file(self, suffix: str) -> Path | None:
-        if self.child is None or self.child.pid is None:
+        if self.child.pid is None:
             return None
         from jupyter_core.paths import jupyter_runtime_dir
 
