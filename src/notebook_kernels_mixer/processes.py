@@ -9,11 +9,15 @@ Linux's /proc is used where it exists; elsewhere the tree walk finds nothing.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -133,3 +137,26 @@ def is_alive(pid: int) -> bool:
         return True
     fields = _stat_fields(pid)
     return not (fields and fields[0] == "Z")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM when its parent dies, even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(argv: Sequence[str], *, log_path: Path, banner: str, env: Mapping[str, str],
+          cwd: str | os.PathLike[str] | None = None,
+          die_with_parent: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own (so it leads its process group and can
+    be stopped as a group), output appended to ``log_path`` after a ``banner`` line."""
+    with open(log_path, "ab") as log:
+        log.write(f"{banner}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=dict(env), cwd=cwd, start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux")
+            else None,
+        )

@@ -16,18 +16,16 @@ when the launcher itself dies (PR_SET_PDEATHSIG), even by SIGKILL.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from notebook_kernels_mixer.processes import descendants, is_alive
+from notebook_kernels_mixer.processes import descendants, is_alive, spawn
 
 #: Seconds between two /proc scans for the children's descendants (their kernels).
 SCAN_INTERVAL = 2.0
@@ -36,13 +34,6 @@ POLL_INTERVAL = 0.2
 
 class LabError(Exception):
     """mixer lab cannot go on; the message says which child and why."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the child gets SIGTERM when the launcher dies, even by SIGKILL."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -73,19 +64,9 @@ class Child:
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            log.write(f"===== mixer lab starts: {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
+        self.proc = spawn(self.argv, log_path=self.log_path, env=self.env, cwd=self.cwd,
+                          banner=f"===== mixer lab starts: {' '.join(self.argv)}",
+                          die_with_parent=True)
 
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from notebook_kernels_mixer.processes import descendants, is_alive
+from notebook_kernels_mixer.processes import descendants, is_alive, spawn
 
 
 def _redact_arg(arg: str) -> str:
@@ -72,19 +72,9 @@ class ManagedProcess:
             raise ProcessFailed(f"{self.name} is already running (pid {self.pid})")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        with open(self.log_path, "ab") as log:
-            shown = " ".join(_redact_arg(a) for a in self.argv)
-            log.write(f"\n===== start #{self.starts}: {shown}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,
-            )
+        shown = " ".join(_redact_arg(a) for a in self.argv)
+        self.proc = spawn(self.argv, log_path=self.log_path, env=self.env, cwd=self.cwd,
+                          banner=f"\n===== start #{self.starts}: {shown}")
         if wait:
             self.wait_ready()
         return self
