@@ -22,13 +22,10 @@ from .support import topology
 from .support.api import ApiClient
 from .support.stack import Stack, Tokens
 from .support.topology import Mixer
+from .test_e2e_nothing_lost import notebook
 from .test_three_backends import Server, kernel_gateway, wait_gone
 
 pytestmark = pytest.mark.e2e
-
-
-def notebook(path: str, spec: str) -> dict[str, Any]:
-    return {"path": path, "name": path, "type": "notebook", "kernel": {"name": spec}}
 
 
 async def entries_for(api: ApiClient, path: str) -> list[dict[str, Any]]:
