@@ -155,6 +155,7 @@ class KeptSessions:
             type=_text(body.get("type")) or "notebook", kernel_id=kernel["id"],
         )
         self.state.put_kept(record)
+        await self.state.flush()  # only the mixer knows this session: on disk first
         return _model(record, kernel)
 
     async def patch(self, session_id: str, body: dict[str, Any]) -> Model:
@@ -165,6 +166,7 @@ class KeptSessions:
             changes["kernel_id"] = kernel["id"]
         updated = replace(record, **changes)
         self.state.put_kept(updated)
+        await self.state.flush()
         if updated.kernel_id != record.kernel_id:
             # As jupyter_server does: a session's replaced kernel is shut down.
             await self._shutdown(record.kernel_id)

@@ -224,6 +224,9 @@ class SessionsHandlers:
             self.registry.forget_kernel(old_kernel["id"])
             self.registry.fanout.amend("kernels", old_backend, remove=old_kernel["id"])
         log.info("session %s moved from %r to %r", client_id, old_backend.name, new.name)
+        # The id the client knows now stands for another backend's session: nothing
+        # else could tell that after a crash, so it is on disk before the answer.
+        await self.registry.state.flush()
         return answer
 
     async def _create_exactly(self, backend: Backend, create: dict[str, Any]) -> Model:
