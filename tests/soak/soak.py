@@ -8,8 +8,11 @@ for the given duration, runs these concurrently against the mixer:
   a notebook session switched back and forth between the backends, merged listings;
 * the restarter (``faults.py``): stops the REMOTE jupyter_server at intervals, waits,
   starts it again on the same port (its kernels die with it);
+* the churn (``churn.py``): kernels and sessions started and deleted straight on both
+  backends, behind the mixer's back;
 * the probes (``probes.py``): the mixer's memory and file descriptors, sampled every
-  second, and the websockets it still relays once the load is over.
+  second, the sizes of its maps (``memory`` in ``/mixer/api/status``: known kernels,
+  sessions, aliases, …), and the websockets it still relays once the load is over.
 
 Every execute is checked (``client.py``): the reply (``execute_reply``, status ``ok``)
 and the output must come back on the connection that sent the request, carrying that
@@ -32,6 +35,8 @@ did not start):
   remote jupyter_server's own 5xx; after each restart remote executes succeed again;
 * the work happened: replies on both backends, at least one restart, at least one
   session switch each way;
+* maps bounded (issue 10): after the load, each of the mixer's maps is no larger than
+  what the backends hold;
 * memory flat: the mixer's RSS (``VmRSS`` of ``/proc/PID/status``) at the end of the
   load is at most the baseline plus ``max(--rss-tolerance-mib, --rss-tolerance-pct``
   of the baseline), by default max(4 MiB, 10 %). The baseline is the median RSS over
