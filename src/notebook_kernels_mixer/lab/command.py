@@ -202,13 +202,19 @@ def run(plan: topology.Plan, ready_timeout: float) -> int:
         say("stopped")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[2:] if argv is None else argv)
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Our options, and the front's: those we do not know, then all after ``--``."""
+    argv = list(argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     args, unknown = lab_parser().parse_known_args(argv)
+    return args, unknown + extra
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, front_args = parse(sys.argv[2:] if argv is None else argv)
     missing = [m for m in ("jupyter_server", "jupyterlab") if importlib.util.find_spec(m) is None]
     if missing:
         say(f"{' and '.join(missing)} not installed: pip install 'notebook-kernels-mixer[lab]'")
@@ -218,4 +224,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         say(str(exc))
         return 2
-    return run(topology.make_plan(args, unknown + extra, names), args.ready_timeout)
+    return run(topology.make_plan(args, front_args, names), args.ready_timeout)

@@ -52,6 +52,7 @@ BACKEND_WITHOUT = tuple(
 )
 # Variables of the user's environment that would rewire the children.
 _SCRUB = ("JUPYTER_TOKEN", "JUPYTER_TOKEN_FILE", "JUPYTER_GATEWAY_", "JUPYTER_PORT")
+_NO_BROWSER = {"--no-browser", "--ServerApp.open_browser=False"}
 _SEED_FLAGS = ("remote_url", "mixer_project", "mixer_region", "mixer_host", "gce_metadata_override_ip")
 
 
@@ -122,7 +123,8 @@ def make_plan(args: Any, front_args: list[str], remote_names: tuple[str, ...]) -
         ),
         log_level=args.log_level,
         front_args=tuple(front_args),
-        open_browser=not args.no_browser,
+        # jupyter lab's own ways to say so, handed on to the front, count too
+        open_browser=not (args.no_browser or _NO_BROWSER & set(front_args)),
     )
 
 
