@@ -70,7 +70,12 @@ class StatusHandlers:
             "backends": backends,
         }
 
-    def _orphans(self, answer: Answer[list[dict[str, Any]]], used: set[str]) -> list[dict[str, Any]]:
+    def _orphans(self, answer: Answer[list[dict[str, Any]]],
+                 used: set[str]) -> list[dict[str, Any]] | None:
+        """None when the backend cannot say now: last-known models are not evidence
+        that nobody uses a kernel."""
+        if not answer.ok:
+            return None
         now = time.time()
         out = []
         for kernel in answer.value or []:

@@ -42,6 +42,7 @@ async def test_a_backend_that_cannot_answer_keeps_its_last_known_entries(fakes, 
             assert status == 200 and [x["id"] for x in sessions] == [s["id"]], failure
         info = await remote_status(m)
         assert set(info["stale_since"]) >= {"kernels", "sessions"}, info
+        assert info["orphans"] is None  # unknown while only last-known models are there
         # Requests that need the backend still fail clearly, naming it.
         status, err = await m.call("GET", f"/api/kernels/{s['kernel']['id']}")
         assert status in (500, 502, 503, 504) and (
@@ -133,3 +134,17 @@ async def test_what_the_mixer_started_is_last_known_before_any_listing(fakes, mi
     assert status == 200 and {k["id"], s["kernel"]["id"]} <= {x["id"] for x in kernels}
     status, sessions = await m.call("GET", "/api/sessions")
     assert status == 200 and [x["id"] for x in sessions] == [s["id"]]
+
+
+async def test_status_lists_kernels_nobody_uses_as_orphans(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    status, lone = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
+    status, s = await m.call("POST", "/api/sessions",
+                             json={"path": "a.ipynb", "kernel": {"name": "remote-python3"}})
+    connected = remote._new_kernel("python3")
+    connected["connections"] = 1
+    info = await remote_status(m)
+    assert [o["id"] for o in info["orphans"]] == [lone["id"]]
+    assert info["orphans"][0]["seen_for_seconds"] is not None
+    status, page = await m.call("GET", "/mixer/")
+    assert lone["id"] in page.decode() and s["kernel"]["id"] not in page.decode()
