@@ -57,16 +57,14 @@ async def start_front(bench: Bench, mixer: Mixer, ext: list[str]) -> tuple[subpr
     )
 
 
-async def stock_targets(bench: Bench, ext: list[str]) -> tuple[list[Target], list[subprocess.Popen]]:
-    """Stock jupyter_server, and stock with the TCP_NODELAY extension when there is one."""
-    configs = [("stock", [])] + ([("stock+nodelay", ext)] if ext else [])
-    started = await asyncio.gather(*(start_jupyter(bench, f"jupyter-{n}", *args) for n, args in configs))
+async def stock_targets(bench: Bench, servers: dict[str, tuple[subprocess.Popen, int]]) -> list[Target]:
+    """A kernel on each stock server (with and without the TCP_NODELAY extension)."""
     targets = []
-    for (name, _), (proc, port) in zip(configs, started, strict=True):
+    for name, (proc, port) in servers.items():
         url = f"http://127.0.0.1:{port}"
         kid = await direct_kernel(bench, url)
         targets.append(Target(name, url, direct_headers(), kid, {"backend": proc.pid}))
-    return targets, [proc for proc, _ in started]
+    return targets
 
 
 async def lab_targets(
@@ -87,21 +85,27 @@ async def lab_targets(
     return targets, mixers, fronts
 
 
+async def start_servers(bench: Bench, ext: list[str]) -> dict[str, tuple[subprocess.Popen, int]]:
+    """The lab topology's local server and the stock ones, all at once (start-up is the
+    slow part of this section)."""
+    configs = {"local": ext, "stock": [], **({"stock+nodelay": ext} if ext else {})}
+    started = await asyncio.gather(*(start_jupyter(bench, f"jupyter-{n}", *a) for n, a in configs.items()))
+    return dict(zip(configs, started, strict=True))
+
+
 async def section_front(bench: Bench) -> dict:
     p = bench.profile
     present = extension_present()
     ext = extension_args(present)
     bench.log(f"5. through the front ({EXTENSION} {'enabled' if present else 'not in the package'})")
     remote = Fake(bench, "remote-front")
-    (local, local_port), _ = await asyncio.gather(
-        start_jupyter(bench, "jupyter-local-front", *ext), remote.start()
-    )
-    procs = [local]
+    servers, _ = await asyncio.gather(start_servers(bench, ext), remote.start())
+    local, local_port = servers.pop("local")
+    procs = [local, *(proc for proc, _ in servers.values())]
     running: list[Mixer] = []
     sec: dict = {"exec_n": p.exec_n, "extension": present, "tests": {}}
     try:
-        targets, stock = await stock_targets(bench, ext)
-        procs += stock
+        targets = await stock_targets(bench, servers)
         lab, running, fronts = await lab_targets(bench, ext, local_port, local.pid, remote)
         procs += fronts
         sec["tests"]["exec_small"] = await bench.rounds(

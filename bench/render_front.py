@@ -90,6 +90,7 @@ def render_front(report: Report, front: dict) -> None:
         ))
     t.add("per execution p99 (ms)", *(cell(tests, n, "p99_ms", base="stock") for n in names))
     t.add(f"{exec_n} executions, total (s)", *(cell(tests, n, "total_s", base="stock") for n in names))
+    t.add("kernel's server CPU, incl. the kernel (s)", *(fmt(med(tests[n], "backend_cpu_s")) for n in names))
     t.add("front CPU (s)", *(fmt(med(tests[n], "front_cpu_s")) for n in names))
     t.add("mixer CPU (s)", *(fmt(med(tests[n], "mixer_cpu_s")) for n in names))
     t.add("other processes' CPU %, worst test", *(fmt(noise({"x": tests}, n)) for n in names))
