@@ -107,15 +107,7 @@ async def test_blackholed_backend_cannot_hold_a_listing(fakes, blackhole, mixer)
     first = time.perf_counter() - started
     assert status == 200 and [k["name"] for k in kernels] == ["local-python3"]
     assert first < 0.5 + 2.0  # its listing timeout, plus slack for a busy machine
-    # One slow answer does not make a backend "down" (SPEC §4: no flapping), but the
-    # health probe that follows it does, and then listings do not wait for it again.
-    for _ in range(50):
-        status, info = await m.call("GET", "/mixer/api/status")
-        if not next(b for b in info["backends"] if b["name"] == "remote")["reachable"]:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the blackholed backend was never marked down")
+    # Later listings do not wait for it again (until its probe says it answers).
     for path in ("/api/kernels", "/api/kernelspecs"):
         started = time.perf_counter()
         status, body = await m.call("GET", path)

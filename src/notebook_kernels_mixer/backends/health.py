@@ -37,6 +37,12 @@ class Health:
         self.changed_at = time.time()
         self._probe_task: asyncio.Task[None] | None = None
 
+    @property
+    def answering(self) -> bool:
+        """Up, and its last call did not fail: worth waiting for in a merged listing.
+        (A suspect backend is not "down": only its probe or more failures say that.)"""
+        return self.up and not self.failures
+
     def success(self, latency: float) -> None:
         self.last_latency = latency
         self.last_ok = time.time()

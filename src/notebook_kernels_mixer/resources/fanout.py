@@ -2,8 +2,9 @@
 
 It owns what merged answers have in common (SPEC §4):
 
-* each backend gets its listing timeout; a backend known to be down is not waited
-  for (unless every backend is down: then there is nobody to keep waiting for);
+* each backend gets its listing timeout; a backend that is down, or whose last call
+  failed (until its probe says otherwise), is not waited for — its last-known
+  entries stand in for it — unless no backend answers: then all are asked;
 * the one retry policy: a listing that fails with a 5xx or a broken answer is asked
   once more within its timeout (jupyter_server 2.21 answers 500 while a kernel
   starts); timeouts and refusals are not retried;
@@ -72,10 +73,12 @@ class FanOut:
 
     async def gather(self, call: Callable[[Backend], Awaitable[T]], *,
                      timeout: Callable[[Backend], float] | None = None,
-                     skip_down: bool = True) -> list[Answer[T]]:
-        """Every backend's answer to ``call``, in configured order."""
+                     ask_all: bool = False) -> list[Answer[T]]:
+        """Every backend's answer to ``call``, in configured order; ``ask_all`` waits
+        for suspect and down backends too."""
         timeout = timeout or (lambda b: b.config.list_timeout)
-        live = [b for b in self.backends if b.health.up or not skip_down] or self.backends
+        live = self.backends if ask_all else (
+            [b for b in self.backends if b.health.answering] or self.backends)
         answers = dict(zip(live, await asyncio.gather(
             *(self._one(b, call, timeout(b)) for b in live)), strict=True))
         return [

@@ -157,7 +157,7 @@ class Registry:
         """The backend on which ``has`` succeeds (NotFound elsewhere); asked all at once."""
         # Down backends are asked too: "not found" must mean not there, not "not asked".
         answers = await self.fanout.gather(has, timeout=lambda b: b.config.request_timeout,
-                                           skip_down=False)
+                                           ask_all=True)
         unreachable: list[tuple[str, MixerError]] = []
         for answer in answers:
             if answer.ok:
