@@ -50,7 +50,7 @@ async def build_app(config: MixerConfig, backends: list[Backend] | None = None) 
     backends = backends if backends is not None else [build_backend(b) for b in config.backends]
     path = state_path(config)
     state = await StateStore.open(path)
-    fanout = FanOut(backends, retention=config.retention)
+    fanout = FanOut(backends, retention=config.retention, window=config.listing_window)
     registry = Registry(backends, default=config.default_backend, local=config.local_backend,
                         state=state, fanout=fanout)
     relay = Relay(external_hostname=config.external_hostname)

@@ -96,6 +96,9 @@ def _mixer_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "retention", default="10m",
           help="how long a backend that cannot answer still contributes its last-known "
                "kernels and sessions to listings (clients drop what a listing omits)")
+    _flag(parser, "listing-window", default="500ms",
+          help="a merged kernels/sessions listing this recent is answered again (many tabs "
+               "polling); changes made through the mixer are seen at once; 0 turns it off")
     _flag(parser, "state-file", default=None, metavar="PATH",
           help="SQLite file of what a restart must not forget (moved sessions, sessions "
                "kept for gateways, kernel owners); default: mixer-state-PORT.sqlite in "
@@ -113,6 +116,10 @@ def _mixer_flags(parser: argparse.ArgumentParser) -> None:
           help="also admit websockets from this Origin (scheme://host[:port]), repeatable")
     _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log level")
+
+
+def _duration_or_zero(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
 
 
 def given_options(argv: Sequence[str]) -> set[str]:
@@ -172,7 +179,8 @@ def config_from_args(args: argparse.Namespace) -> MixerConfig:
         allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
         token=args.jupyter_token,
         external_hostname=args.external_hostname,
-        retention=parse_duration(args.retention) if args.retention not in ("0", "0s") else 0.0,
+        retention=_duration_or_zero(args.retention),
+        listing_window=_duration_or_zero(args.listing_window),
         state_file=args.state_file,
         log=LogConfig(
             request_headers=args.log_all_request_headers,

@@ -156,6 +156,9 @@ class MixerConfig:
     #: How long a backend that cannot answer still contributes its last-known kernels
     #: and sessions to merged listings (SPEC §4).
     retention: float = 600.0
+    #: A merged kernels/sessions listing that completed less than this long ago is
+    #: answered again (changes made through the mixer end that at once).
+    listing_window: float = 0.5
     #: SQLite file of the state a restart must not forget; ``:memory:`` keeps nothing,
     #: ``None`` is one file per port in Jupyter's runtime directory.
     state_file: str | None = None
@@ -179,8 +182,8 @@ class MixerConfig:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"invalid port {self.port}")
-        if self.retention < 0:
-            raise ConfigError(f"invalid retention {self.retention}: must not be negative")
+        if self.retention < 0 or self.listing_window < 0:
+            raise ConfigError("retention and listing window must not be negative")
 
     def backend(self, name: str) -> BackendConfig:
         return next(b for b in self.backends if b.name == name)

@@ -90,6 +90,8 @@ async def mixer() -> AsyncIterator[MixerFactory]:
             })
             for name, target, *overrides in backends
         )
+        # Tests change the fakes behind the mixer's back and list at once.
+        config.setdefault("listing_window", 0.0)
         cfg = MixerConfig(
             backends=configs,
             default_backend=default or configs[-1].name,

@@ -148,3 +148,23 @@ async def test_status_lists_kernels_nobody_uses_as_orphans(fakes, mixer) -> None
     assert info["orphans"][0]["seen_for_seconds"] is not None
     status, page = await m.call("GET", "/mixer/")
     assert lone["id"] in page.decode() and s["kernel"]["id"] not in page.decode()
+
+
+async def test_a_recent_listing_is_reused_until_something_changes(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer, listing_window=30.0)
+
+    def asked() -> int:
+        return sum(1 for s in remote.seen if s.path == "/api/kernels" and s.method == "GET")
+
+    await m.call("GET", "/api/kernels")
+    before = asked()
+    for _ in range(5):
+        status, kernels = await m.call("GET", "/api/kernels")
+        assert status == 200 and kernels == []
+    assert asked() == before  # answered again within the window
+    status, k = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
+    status, kernels = await m.call("GET", "/api/kernels")  # the client's own change: at once
+    assert [x["id"] for x in kernels] == [k["id"]] and asked() == before + 1
+    status, _ = await m.call("DELETE", f"/api/kernels/{k['id']}")
+    status, kernels = await m.call("GET", "/api/kernels")
+    assert kernels == [] and asked() == before + 2

@@ -12,7 +12,10 @@ It owns what merged answers have in common (SPEC §4):
   kernel and session a successful listing omits, so a backend that cannot answer
   contributes what it answered last, for the retention window, instead of vanishing;
 * single flight: concurrent identical listings (many tabs polling) share one
-  fan-out, so the backends see one request whatever the number of pollers;
+  fan-out, so the backends see one request whatever the number of pollers, and a
+  listing that completed less than ``window`` seconds ago is answered again (any
+  change made through the mixer ends that at once, so a client sees its own changes;
+  a change made behind the mixer's back shows up at most ``window`` later);
 * a backend whose listings fail is logged once per change, not per request.
 """
 
@@ -64,9 +67,12 @@ def _retryable(exc: MixerError) -> bool:
 
 
 class FanOut:
-    def __init__(self, backends: Sequence[Backend], *, retention: float) -> None:
+    def __init__(self, backends: Sequence[Backend], *, retention: float,
+                 window: float = 0.0) -> None:
         self.backends = list(backends)
         self.retention = retention
+        self.window = window
+        self._recent: dict[str, tuple[float, list[Answer[Any]]]] = {}  # listing -> (monotonic, answers)
         self._last: dict[tuple[str, str], tuple[float, Any]] = {}  # (listing, backend)
         self._failing: dict[tuple[str, str], float] = {}  # (listing, backend) -> since
         self._inflight: dict[str, asyncio.Task[list[Answer[Any]]]] = {}
@@ -112,12 +118,21 @@ class FanOut:
                       last_known: bool = True) -> list[Answer[T]]:
         """A merged listing called ``name``: single flight, last-known values for the
         backends that fail now (within the retention window), failures logged."""
+        recent = self._recent.get(name)
+        if recent is not None and time.monotonic() - recent[0] < self.window:
+            return recent[1]
         task = self._inflight.get(name)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._listing(name, call, last_known))
             self._inflight[name] = task
-            task.add_done_callback(lambda _: self._inflight.pop(name, None))
+            task.add_done_callback(lambda t: self._done(name, t))
         return await asyncio.shield(task)
+
+    def _done(self, name: str, task: asyncio.Task[list[Answer[Any]]]) -> None:
+        if self._inflight.get(name) is task:
+            del self._inflight[name]
+        if self.window and not task.cancelled() and task.exception() is None:
+            self._recent[name] = (time.monotonic(), task.result())
 
     async def _listing(self, name: str, call: Callable[[Backend], Awaitable[T]],
                        last_known: bool) -> list[Answer[T]]:
@@ -157,11 +172,20 @@ class FanOut:
                 out.setdefault(backend, {})[listing] = since
         return out
 
+    def changed(self, listing: str | None = None) -> None:
+        """Something changed through the mixer: the next ``listing`` (all, if None)
+        asks the backends again. A listing already in flight may predate the change,
+        so it is not shared either."""
+        for name in [listing] if listing else list(self._recent) + list(self._inflight):
+            self._recent.pop(name, None)
+            self._inflight.pop(name, None)
+
     def amend(self, listing: str, backend: Backend, *, add: dict[str, Any] | None = None,
               remove: str | None = None) -> None:
         """Keep ``backend``'s last-known entries of ``listing`` up to date with what the
         mixer itself just did there (an entry created or deleted by id), so a kernel
         started just before an outage is not missing from the listings during it."""
+        self.changed()
         key = (listing, backend.name)
         at, entries = self._last.get(key, (time.time(), []))
         kept = [e for e in entries if e.get("id") not in (remove, add and add.get("id"))]

@@ -135,6 +135,7 @@ class KernelsHandlers:
                 kernel_id, request.match_info["action"])
         except NotFound:
             self._gone(kernel_id, backend)
+        self.registry.fanout.changed()  # a restart changes the kernel's state
         if model is None:
             return web.Response(status=status, headers={"X-Mixer-Backend": backend.name})
         return json_response(translate_kernel(model, backend.name), status=status,

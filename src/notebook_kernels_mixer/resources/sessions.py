@@ -201,7 +201,7 @@ class SessionsHandlers:
                 forward = {**body, "kernel": kernel} if kernel is not None else body
                 async with self._gone_if_missing(client_id):
                     model = await self.stores[backend.name].patch(backend_sid, forward)
-                return self._answer(backend, model, client_id)
+                return self._answer(backend, model, client_id, changed=True)
             return await self._move(client_id, body, (backend, backend_sid), target, kernel)
 
     async def _move(self, client_id: str, body: dict[str, Any], old: tuple[Backend, str],
