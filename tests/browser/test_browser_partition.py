@@ -36,6 +36,7 @@ from .test_jupyterlab import (
     notebook_name,
     notebook_panel,
     open_lab,
+    type_into_last_cell,
     websocket_problems,
 )
 
@@ -151,16 +152,7 @@ def freeze_remote(lab: LabPage, topo: Topology, kernel_id: str) -> Outage:
 def run_expression(lab: LabPage, code: str, *, timeout: float = RUN, quiet: bool = False) -> tuple[int, str]:
     """Type ``code`` into the last (empty) cell, run it, return its execution count and
     its result (text/plain; ``quiet``: there is none); an error output fails."""
-    cells = notebook_panel(lab).locator(".jp-Notebook .jp-Cell")
-    expect(cells.last).to_be_visible()
-    count = cells.count()
-    cell = cells.nth(count - 1)
-    editor = cell.locator(".cm-content")
-    expect(editor).to_have_text("")
-    editor.click()
-    lab.page.keyboard.insert_text(code)
-    expect(editor).to_have_text(code)
-    lab.page.keyboard.press("Shift+Enter")
+    cells, cell, count = type_into_last_cell(lab, code)
     prompt = cell.locator(".jp-InputPrompt")
     expect(prompt).to_have_text(re.compile(r"^\[\d+\]:$"), timeout=timeout)
     outputs = cell.locator(".jp-OutputArea-output")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -117,10 +118,10 @@ def expect_kernel_idle(lab: LabPage, display_name: str) -> None:
     expect(lab.page.locator("#jp-main-statusbar")).to_contain_text(f"{display_name} | Idle")
 
 
-def run_cell(lab: LabPage, code: str) -> str:
-    """Type ``code`` into the last (empty) cell, run it with Shift+Enter, return its stdout."""
-    panel = notebook_panel(lab)
-    cells = panel.locator(".jp-Notebook .jp-Cell")
+def type_into_last_cell(lab: LabPage, code: str) -> tuple[Any, Any, int]:
+    """Type ``code`` into the last (empty) cell and run it with Shift+Enter; return the
+    notebook's cells, the cell and how many cells there were."""
+    cells = notebook_panel(lab).locator(".jp-Notebook .jp-Cell")
     expect(cells.last).to_be_visible()
     count = cells.count()
     cell = cells.nth(count - 1)
@@ -130,6 +131,12 @@ def run_cell(lab: LabPage, code: str) -> str:
     lab.page.keyboard.insert_text(code)  # one input event: no auto-closed brackets
     expect(editor).to_have_text(code)
     lab.page.keyboard.press("Shift+Enter")
+    return cells, cell, count
+
+
+def run_cell(lab: LabPage, code: str) -> str:
+    """Run ``code`` in the last (empty) cell; return its stdout."""
+    cells, cell, count = type_into_last_cell(lab, code)
     # the execution count replaces "[ ]" / "[*]" once the kernel replied
     expect(cell.locator(".jp-InputPrompt")).to_have_text(re.compile(r"^\[\d+\]:$"), timeout=RUN)
     out = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stdout']")
