@@ -76,6 +76,7 @@ class FanOut:
         self._last: dict[tuple[str, str], tuple[float, Any]] = {}  # (listing, backend)
         self._failing: dict[tuple[str, str], float] = {}  # (listing, backend) -> since
         self._inflight: dict[str, asyncio.Task[list[Answer[Any]]]] = {}
+        self._amended: dict[tuple[str, str], float] = {}  # (listing, backend) -> monotonic
 
     async def gather(self, call: Callable[[Backend], Awaitable[T]], *,
                      timeout: Callable[[Backend], float] | None = None,
@@ -129,20 +130,23 @@ class FanOut:
         return await asyncio.shield(task)
 
     def _done(self, name: str, task: asyncio.Task[list[Answer[Any]]]) -> None:
-        if self._inflight.get(name) is task:
-            del self._inflight[name]
+        if self._inflight.get(name) is not task:
+            return  # ``changed`` disowned it: it may predate a change, so it is not reused
+        del self._inflight[name]
         if self.window and not task.cancelled() and task.exception() is None:
             self._recent[name] = (time.monotonic(), task.result())
 
     async def _listing(self, name: str, call: Callable[[Backend], Awaitable[T]],
                        last_known: bool) -> list[Answer[T]]:
+        started = time.monotonic()
         answers = await self.gather(call)
         now = time.time()
         out = []
         for answer in answers:
             key = (name, answer.backend.name)
             if answer.ok:
-                self._last[key] = (now, answer.value)
+                if self._amended.get(key, 0.0) < started:  # else it predates what amend knows
+                    self._last[key] = (now, answer.value)
                 self._note_recovery(key)
                 out.append(answer)
                 continue
@@ -187,6 +191,7 @@ class FanOut:
         started just before an outage is not missing from the listings during it."""
         self.changed()
         key = (listing, backend.name)
+        self._amended[key] = time.monotonic()
         at, entries = self._last.get(key, (time.time(), []))
         kept = [e for e in entries if e.get("id") not in (remove, add and add.get("id"))]
         self._last[key] = (at, [*kept, add] if add is not None else kept)
