@@ -135,10 +135,10 @@ class Tunnel:
             return
         self._frames.feed(data)
         self._client.write(data)
-        if self._frames.between_frames:
+        if (self._closing is not None or self._pending_ping) and self._frames.between_frames:
             if self._closing is not None:
                 self._say_going_away()
-            elif self._pending_ping:
+            else:
                 self._send_ping()
         if not self._paused and self._client.get_write_buffer_size() > CLIENT_BUFFER_LIMIT:
             self._paused = True
