@@ -28,14 +28,11 @@ import pytest
 from .conftest import LabPage, Topology, get_json, poll
 from .test_jupyterlab import (
     RUN,
-    STARTUP,
     expect,
     expect_kernel_idle,
     front_session,
-    notebook_card,
-    notebook_name,
-    notebook_panel,
     open_lab,
+    open_remote_notebook,
     type_into_last_cell,
     websocket_problems,
 )
@@ -181,13 +178,7 @@ def test_remote_frozen_30s_notebook_keeps_kernel_and_state(lab_page: LabPage, la
     # a document loaded again (JupyterLab's router changes the URL without a load)
     loads: list[str] = []
     lab.page.on("load", lambda page: loads.append(page.url))
-    # the launcher's notebook card starts the remote kernel without a dialog
-    notebook_card(lab, "(Remote)").click()
-    kernel_name = notebook_panel(lab).locator(".jp-KernelName")
-    expect(kernel_name).to_have_text(re.compile(r" \(Remote\)\s*$"), timeout=STARTUP)
-    remote_name = kernel_name.inner_text().strip()
-    expect_kernel_idle(lab, remote_name)
-    path = notebook_name(lab)
+    remote_name, path = open_remote_notebook(lab)
     session = front_session(topo, path)
     kernel_id = session["kernel"]["id"]
     assert session["kernel"]["name"] == "remote-python3", session

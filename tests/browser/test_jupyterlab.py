@@ -148,6 +148,17 @@ def run_cell(lab: LabPage, code: str) -> str:
     return out.inner_text().strip()
 
 
+def open_remote_notebook(lab: LabPage) -> tuple[str, str]:
+    """A new notebook on the remote kernel, from the launcher's card (no dialog), idle;
+    (the kernel's display name, the notebook's path)."""
+    notebook_card(lab, "(Remote)").click()
+    kernel_name = notebook_panel(lab).locator(".jp-KernelName")
+    expect(kernel_name).to_have_text(re.compile(r" \(Remote\)\s*$"), timeout=STARTUP)
+    remote_name = kernel_name.inner_text().strip()
+    expect_kernel_idle(lab, remote_name)
+    return remote_name, notebook_name(lab)
+
+
 def notebook_name(lab: LabPage) -> str:
     tab = lab.page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.jp-mod-current .lm-TabBar-tabLabel")
     expect(tab).to_have_text(re.compile(r"\.ipynb$"))
@@ -238,13 +249,7 @@ def test_mixer_restart_jupyterlab_keeps_kernel(
 ) -> None:
     lab, topo = lab_page, lab_topology
     open_lab(lab, topo)
-    # the launcher's notebook card starts the remote kernel without a dialog
-    notebook_card(lab, "(Remote)").click()
-    kernel_name = notebook_panel(lab).locator(".jp-KernelName")
-    expect(kernel_name).to_have_text(re.compile(r" \(Remote\)\s*$"), timeout=STARTUP)
-    remote_name = kernel_name.inner_text().strip()
-    expect_kernel_idle(lab, remote_name)
-    path = notebook_name(lab)
+    remote_name, path = open_remote_notebook(lab)
     kernel_id = front_session(topo, path)["kernel"]["id"]
 
     marker = uuid.uuid4().hex
