@@ -3,8 +3,10 @@
 * local: zero lost, zero misrouted, zero failed operations, except failures the local
   jupyter_server caused itself with a 5xx;
 * remote: zero misrouted; every failed operation overlaps a down window (+ grace),
-  concerns a kernel/session that died with an earlier restart ("stale") or is the
-  remote's own 5xx; after each restart remote executes succeed again;
+  concerns a kernel/session that died with an earlier restart ("stale"), is the
+  remote's own 5xx, or is an execute on a kernel the remote's log shows dying at start
+  (jupyter_client's port race, one failure per such kernel); after each restart remote
+  executes succeed again;
 * the work happened: replies on both backends, a restart, switches both ways;
 * the probes' checks (``probes.py``), then nothing orphaned, the mixer alive and no
   traceback in its log.
@@ -21,8 +23,14 @@ from .ledger import Ledger
 from .probes import Check, Section
 
 
-def explain(ledger: Ledger, grace: float) -> None:
-    """Label each failure with what explains it ("" when nothing does)."""
+def explain(ledger: Ledger, grace: float, failed_starts: dict[str, int] | None = None) -> None:
+    """Label each failure with what explains it ("" when nothing does).
+
+    ``failed_starts``: per backend, kernels its log shows dying at start (a port taken
+    between jupyter_client's choice and the kernel's bind: upstream). Each explains at
+    most one lost execute on that backend, whose websocket the mixer had to refuse.
+    """
+    budget = dict(failed_starts or {})
     for f in ledger.failures:
         for w in ledger.windows:
             up = w.up if w.up is not None else float("inf")
@@ -36,12 +44,16 @@ def explain(ledger: Ledger, grace: float) -> None:
                 f.explained = "stale"
             elif f.backend_5xx:
                 f.explained = "backend's own 5xx"
+            elif budget.get(f.backend, 0) > 0 and "close_code=1011" in f.detail:
+                budget[f.backend] -= 1
+                f.explained = "kernel failed to start on the backend"
 
 
 def backend_checks(ledger: Ledger, args: argparse.Namespace) -> dict[str, Check]:
     local, remote = ledger.tally["local"], ledger.tally["remote"]
     local_all = [f for f in ledger.failures if f.backend == "local"]
-    local_failures = [f for f in local_all if not f.backend_5xx]
+    local_failures = [f for f in local_all
+                      if not f.backend_5xx and f.explained != "kernel failed to start on the backend"]
     remote_failures = [f for f in ledger.failures if f.backend == "remote"]
     unexplained = [f for f in remote_failures if not f.explained]
     recovered = []
@@ -110,7 +122,7 @@ def verdict(
     ledger: Ledger, args: argparse.Namespace, sections: list[Section], extra: dict[str, Any]
 ) -> dict[str, Any]:
     """The whole report: ``ok`` only if every check passed."""
-    explain(ledger, args.grace)
+    explain(ledger, args.grace, extra.get("kernels_failed_to_start"))
     checks = {**backend_checks(ledger, args), **work_checks(ledger)}
     for section in sections:
         checks.update(section.checks)

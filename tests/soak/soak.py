@@ -194,6 +194,9 @@ async def delete_everything(stack: Stack, http: aiohttp.ClientSession) -> dict[s
     return dict(removed)
 
 
+KERNEL_PORT_RACE = "zmq.error.ZMQError: Address already in use"
+
+
 async def end_state(stack: Stack, http: aiohttp.ClientSession) -> dict[str, Any]:
     """The mixer alive, the orphans deleted, the tracebacks and backend errors logged."""
     mixer_alive = stack.mixer.running()
@@ -203,6 +206,13 @@ async def end_state(stack: Stack, http: aiohttp.ClientSession) -> dict[str, Any]
         "log_tracebacks": stack.mixer.log_text().count("Traceback (most recent call last)"),
         "backend_uncaught_exceptions": {
             name: server.process.log_text().count("Uncaught exception")
+            for name, server in (("local", stack.local), ("remote", stack.remote))
+        },
+        # jupyter_client picks a kernel's ports before the kernel binds them; under this
+        # load another socket of the machine sometimes takes one first, and the kernel
+        # dies at start (upstream; the kernel's server waits for it, then fails).
+        "kernels_failed_to_start": {
+            name: server.process.log_text().count(KERNEL_PORT_RACE)
             for name, server in (("local", stack.local), ("remote", stack.remote))
         },
         "cleanup": cleanup,
