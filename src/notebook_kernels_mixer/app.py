@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 
@@ -53,7 +54,7 @@ async def build_app(config: MixerConfig, backends: list[Backend] | None = None) 
     fanout = FanOut(backends, retention=config.retention, window=config.listing_window)
     registry = Registry(backends, default=config.default_backend, local=config.local_backend,
                         state=state, fanout=fanout)
-    relay = Relay(external_hostname=config.external_hostname)
+    relay = Relay(external_hostname=config.external_hostname, local_backend=config.local_backend)
     cache = KernelspecsCache(config.kernelspecs_ttl)
     backend_kernels = {
         b.name: BackendKernels(b, known=lambda b=b: registry.kernels_of(b)) for b in backends
@@ -96,6 +97,39 @@ def _lifecycle(app: web.Application, backends: list[Backend], relay: Relay,
     app.on_cleanup.append(close_backends)
 
 
+#: What binding an IPv6 address fails with on a machine without IPv6: tolerated, since
+#: the mixer still listens on every address this machine has.
+_NO_IPV6 = frozenset({errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT})
+
+
+async def _listen(runner: web.AppRunner, config: MixerConfig) -> list[str]:
+    """Listen on every configured address, or on none (SPEC §6).
+
+    A busy address is an error naming it: had the mixer gone on with the others,
+    whoever holds ``[::1]:PORT`` (another local user) would receive the front's
+    requests, token included (issue 16 item 2). Only an absent IPv6 stack is
+    tolerated, and only when some address could be bound.
+    """
+    bound = []
+    for host in config.hosts:
+        # backlog: 200 kernels reconnecting at once must not overflow the accept queue
+        site = web.TCPSite(runner, host.strip("[]"), config.port, reuse_address=True, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            if ":" in host and exc.errno in _NO_IPV6:
+                log.warning("not listening on [%s]:%s: %s (no IPv6 on this machine)",
+                            host.strip("[]"), config.port, exc.strerror)
+                continue
+            where = f"[{host.strip('[]')}]" if ":" in host else host
+            raise SystemExit(f"mixer: cannot listen on {where}:{config.port}: {exc.strerror}; "
+                             "is another program using that port?") from None
+        bound.append(host)
+    if not bound:
+        raise SystemExit(f"mixer: cannot listen on port {config.port} on {', '.join(config.hosts)}")
+    return bound
+
+
 async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> None:
     """Listen on the configured (loopback) addresses until SIGINT/SIGTERM."""
     try:
@@ -106,19 +140,12 @@ async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> N
     # the mixer logs requests itself, redacted.
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=4.0)
     await runner.setup()
-    bound = []
-    for host in config.hosts:
-        # backlog: 200 kernels reconnecting at once must not overflow the accept queue
-        site = web.TCPSite(runner, host.strip("[]"), config.port, reuse_address=True, backlog=1024)
-        try:
-            await site.start()
-            bound.append(host)
-        except OSError as exc:
-            log.warning("cannot listen on [%s]:%s: %s", host, config.port, exc.strerror)
-    if not bound:
+    try:
+        bound = await _listen(runner, config)
+    except SystemExit:
         await runner.cleanup()
-        raise SystemExit(f"mixer: cannot listen on port {config.port} on {', '.join(config.hosts)}")
-    names = ", ".join(f"{b.name} ({b.url}{b.display_suffix and ''})" for b in config.backends)
+        raise
+    names = ", ".join(f"{b.name} ({b.url})" for b in config.backends)
     log.info("mixer listening on %s port %s; backends: %s",
              " and ".join(bound), config.port, names)
     stop = asyncio.Event()

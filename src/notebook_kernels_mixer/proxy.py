@@ -36,9 +36,9 @@ class LocalProxy:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self.relay.run(request, backend, request.rel_url.raw_path)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP}
-        headers.update(origin_headers(request.headers, mixer_host=request.host,
+        headers.update(origin_headers(request.headers, scheme=request.scheme, mixer_host=request.host,
                                       external_hostname=self.external_hostname,
-                                      backend_origin=backend.origin))
+                                      backend_origin=backend.origin, local=True))
         query = forwarded_query(request.rel_url.raw_query_string)
         data = request.content if request.body_exists else None
         upstream = await backend.open_stream(

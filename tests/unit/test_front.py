@@ -176,30 +176,68 @@ async def test_ids_and_paths_cannot_escape(fakes, mixer, path) -> None:
 @pytest.mark.parametrize(
     "origin,allowed",
     [
-        (None, True),
-        ("http://localhost:8888", True),
-        ("http://127.0.0.1:9", True),
+        (None, True),  # not a browser: GatewayClient, editors, scripts
+        ("http://127.0.0.1:{port}", True),  # the mixer's own origin
+        ("http://localhost:{port}", False),  # another host name is another site
+        ("http://localhost:3000", False),  # a page of another local program
+        ("http://127.0.0.1:9", False),
+        ("https://127.0.0.1:{port}", False),  # another scheme
         ("https://evil.example", False),
         ("null", False),
+        ("not a url", False),
     ],
 )
-async def test_websocket_origin_check(fakes, mixer, origin, allowed) -> None:
+async def test_only_the_mixers_own_origin_is_admitted(fakes, mixer, origin, allowed) -> None:
+    """jupyter_server's rule, for websockets and requests alike, token or not: a page
+    served by another local program must not reach the kernels."""
     local = await fakes("local")
     kernel = local._new_kernel("python3")
-    m = await mixer([("local", local)])
-    headers = {"token": TOKEN}
-    if origin:
-        headers["Origin"] = origin
-    url = m.url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels"
-    if allowed:
-        async with m.session.ws_connect(url, headers=headers) as ws:
-            await ws.send_str("hi")
-            assert (await ws.receive(timeout=5)).data == "hi"
-    else:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-            await m.session.ws_connect(url, headers=headers)
-        assert info.value.status == 403
-        assert not any(s.path.endswith("/channels") for s in local.seen)
+    for token in (TOKEN, None):
+        local.seen.clear()
+        m = await mixer([("local", local)], token=token)
+        port = m.url.rsplit(":", 1)[1]
+        headers = {"token": TOKEN} if token else {}
+        if origin:
+            headers["Origin"] = origin.format(port=port)
+        url = m.url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels"
+        status, _ = await m.call("GET", "/api/kernels", headers=headers)
+        if allowed:
+            assert status == 200
+            async with m.session.ws_connect(url, headers=headers) as ws:
+                await ws.send_str("hi")
+                assert (await ws.receive(timeout=5)).data == "hi"
+            continue
+        assert status == 403
+        for path in ("/api/events/subscribe", f"/api/kernels/{kernel['id']}/channels"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await m.session.ws_connect(m.url.replace("http", "ws") + path, headers=headers)
+            assert info.value.status == 403
+        assert local.seen == []
+
+
+async def test_a_foreign_admitted_origin_reaches_the_local_server_only(fakes, mixer) -> None:
+    """``--allow-origin`` admits a site at the mixer; the local server still sees that
+    Origin and applies its own check; a remote never sees the client's Origin."""
+    local, remote = await fakes("local"), await fakes("remote")
+    m = await mixer([("local", local), ("remote", remote)], allowed_origins=("https://lab.example.org",))
+    own = m.url
+    for origin, to_local in (("https://lab.example.org", "https://lab.example.org"),
+                             (own, local.url)):
+        for fake in (local, remote):
+            fake.seen.clear()
+            kernel = fake._new_kernel("python3")
+            url = m.url.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels"
+            async with m.session.ws_connect(url, headers={"token": TOKEN, "Origin": origin}) as ws:
+                await ws.send_str("hi")
+                assert (await ws.receive(timeout=5)).data == "hi"
+        (seen_local,) = [s for s in local.seen if s.path.endswith("/channels")]
+        (seen_remote,) = [s for s in remote.seen if s.path.endswith("/channels")]
+        assert seen_local.headers.get("Origin") == to_local.rstrip("/")
+        assert seen_remote.headers.get("Origin") in (None, remote.url.rstrip("/"))
+        assert "lab.example.org" not in str(seen_remote.headers)
+    local.seen.clear()
+    await m.call("GET", "/lab", headers={"token": TOKEN, "Origin": "https://lab.example.org"})
+    assert local.seen[-1].headers.get("Origin") == "https://lab.example.org"
 
 
 async def test_configured_origin_is_admitted(fakes, mixer) -> None:
@@ -281,6 +319,38 @@ async def test_external_hostname_and_allowed_origin_hosts_are_admitted(fakes, mi
                          ("example.org", 403), ("evil.mixer.example.org", 403)):
         got, _ = await m.call("GET", "/api/kernels", headers=m.headers(Host=host))
         assert got == status, host
+
+
+@pytest.mark.parametrize("name", ["token", "Authorization", "X-XSRFToken", "Cookie"])
+async def test_a_header_that_is_not_utf8_is_refused_not_a_crash(fakes, mixer, name) -> None:
+    local = await fakes("local")
+    for token in (TOKEN, None):
+        m = await mixer([("local", local)], token=token)
+        value = b"\xff\xfe" + (b"token \xff" if name == "Authorization" else b"")
+        if name == "Cookie":
+            value = b"_xsrf=\xff"
+        status, body = await _raw_request(m.url, b"POST", b"/api/kernels", {name.encode(): value})
+        assert status == 403, body
+        status, _ = await m.call("GET", "/api/kernels")
+        assert status == 200  # still serving
+    assert [s for s in local.seen if s.method == "POST"] == []
+
+
+async def _raw_request(base: str, method: bytes, path: bytes,
+                       headers: dict[bytes, bytes]) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange with header bytes no HTTP client library would send."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = b"%s %s HTTP/1.1\r\nHost: %s:%s\r\nContent-Length: 2\r\nConnection: close\r\n" % (
+            method, path, host.encode(), port.encode())
+        head += b"".join(k + b": " + v + b"\r\n" for k, v in headers.items())
+        writer.write(head + b"\r\n{}")
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer
 
 
 async def test_no_token_is_warned_about_at_startup(fakes, mixer, caplog) -> None:

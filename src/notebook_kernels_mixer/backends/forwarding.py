@@ -10,9 +10,11 @@ prefer it over its own ``Authorization`` header and refuse the request.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import unquote_plus
 
 from yarl import URL
+
+from notebook_kernels_mixer.front.hosts import same_origin
 
 #: Query parameters that carry a client's credentials to the mixer.
 CLIENT_CREDENTIAL_PARAMS = frozenset({"token", "access_token"})
@@ -22,22 +24,30 @@ CLIENT_CREDENTIAL_HEADERS = frozenset({"token", "authorization", "cookie", "x-xs
 
 
 def forwarded_query(raw_query: str) -> str:
-    """``raw_query`` without the client's credentials; untouched when it has none."""
-    if not raw_query or not any(p + "=" in raw_query for p in CLIENT_CREDENTIAL_PARAMS):
+    """``raw_query`` without the client's credentials; untouched when it has none.
+
+    Keys are judged decoded, as the front reads them (``%74oken=`` is ``token=`` to
+    yarl, and so to the token check: issue 16 item 8); the pairs kept go on byte for
+    byte as the client encoded them.
+    """
+    if not raw_query:
         return raw_query
-    kept = [(k, v) for k, v in parse_qsl(raw_query, keep_blank_values=True)
-            if k not in CLIENT_CREDENTIAL_PARAMS]
-    return urlencode(kept)
+    pairs = raw_query.split("&")
+    kept = [p for p in pairs if unquote_plus(p.partition("=")[0]) not in CLIENT_CREDENTIAL_PARAMS]
+    return raw_query if len(kept) == len(pairs) else "&".join(kept)
 
 
-def origin_headers(client: Mapping[str, str], *, mixer_host: str | None,
-                   external_hostname: str | None, backend_origin: str) -> dict[str, str]:
-    """Origin/Referer that pointed at the mixer now point at the backend's origin.
+def origin_headers(client: Mapping[str, str], *, scheme: str, mixer_host: str | None,
+                   external_hostname: str | None, backend_origin: str,
+                   local: bool) -> dict[str, str]:
+    """The Origin/Referer a backend gets for a client's request (SPEC §6).
 
-    A Referer is reduced to that origin: its path and query (``/lab?token=…``) are the
-    client's business. Any other Origin (the external hostname, a foreign site
-    admitted by config) is dropped: backends judge same-origin against their own Host,
-    and no Origin at all is what a non-browser client sends.
+    The mixer's own origin becomes the backend's, as a same-origin request to it
+    would carry. A Referer is reduced to an origin: its path and query
+    (``/lab?token=…``) are the client's business. Any other Origin (the external
+    hostname, a site admitted by ``--allow-origin``) reaches the local server as it
+    is, so that server's own origin check applies too (issue 16 item 1: dropping it
+    made every request look like a non-browser one), and never reaches a remote.
     """
     out: dict[str, str] = {}
     for name in ("Origin", "Referer"):
@@ -46,10 +56,13 @@ def origin_headers(client: Mapping[str, str], *, mixer_host: str | None,
             continue
         try:
             url = URL(value)
-        except ValueError:
+        except (ValueError, UnicodeError):
             continue
-        if mixer_host and url.raw_authority == mixer_host and (
+        own = mixer_host is not None and same_origin(url, scheme, mixer_host) and (
             not external_hostname or url.host != external_hostname
-        ):
+        )
+        if own:
             out[name] = backend_origin + ("/" if name == "Referer" else "")
+        elif local and url.absolute and url.host:
+            out[name] = str(url.origin()) + ("/" if name == "Referer" else "")
     return out

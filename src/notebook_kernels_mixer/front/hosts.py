@@ -73,3 +73,21 @@ def host_allowed(header: str | None, admitted: frozenset[str]) -> bool:
         return True
     host = hostname(header)
     return is_loopback_host(host) or host in admitted
+
+
+def _origin_key(scheme: str, host: str, port: int | None) -> tuple[str, str, int | None]:
+    scheme = scheme.lower()
+    return scheme, host.lower().strip("[]"), port or {"http": 80, "https": 443}.get(scheme)
+
+
+def same_origin(origin: URL, scheme: str, host_header: str) -> bool:
+    """Whether ``origin`` is the site a request with this scheme and ``Host`` was
+    sent to: scheme, host and port equal, default ports spelt or not."""
+    if not origin.absolute or not origin.host:
+        return False
+    try:
+        own = URL.build(scheme=scheme, authority=host_header)
+    except (ValueError, TypeError, UnicodeError):
+        return False
+    return _origin_key(origin.scheme, origin.host, origin.port) == _origin_key(
+        scheme, own.host or "", own.port)

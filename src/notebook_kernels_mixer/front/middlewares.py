@@ -6,7 +6,7 @@ the error tree becomes HTTP answers, and the one that cuts a connection whose an
 had already begun when it failed (issue 11 item 3). ``protect`` enforces SPEC §6
 before any backend is contacted: the ``Host`` (DNS rebinding), the token
 (constant-time), the XSRF pair when no token is configured, and the Origin of
-websocket upgrades (cross-site websocket hijacking).
+requests and websocket upgrades (cross-site requests, websocket hijacking).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from notebook_kernels_mixer.front.hosts import (
     admitted_hosts,
     host_allowed,
     hostname,
-    is_loopback_host,
+    same_origin,
 )
 from notebook_kernels_mixer.front.redact import redact_headers, redact_text
 
@@ -202,21 +202,35 @@ def _presented_tokens(request: web.Request) -> list[str]:
 
 
 def origin_allowed(request: web.Request, config: MixerConfig) -> bool:
+    """jupyter_server's rule (``JupyterHandler.check_origin``): an Origin is admitted
+    when it is the mixer's own — scheme, host and port equal to the request's
+    ``Host`` — or configured (``--allow-origin``, the ``--external-hostname``).
+
+    Another port of localhost is another site: a page served by any local program
+    must not reach the kernels (issue 16 item 1). No Origin at all is what
+    non-browser clients (GatewayClient, editors, scripts) send.
+    """
     origin = request.headers.get("Origin")
-    if not origin:
-        return True  # not a browser: editors, GatewayClient, scripts
+    if origin is None:
+        return True
     try:
         url = URL(origin)
-    except ValueError:
+    except (ValueError, UnicodeError):
         return False
-    host = (url.host or "").lower()
-    if is_loopback_host(host) or (
-        config.external_hostname and host == hostname(config.external_hostname)
-    ):
+    if not url.absolute or not url.host:
+        return False  # "null" (sandboxed frames, file: pages) and garbage
+    if same_origin(url, request.scheme, request.headers.get("Host", "")):
         return True
-    if url.raw_authority and url.raw_authority == request.headers.get("Host"):
+    if config.external_hostname and url.host.lower() == hostname(config.external_hostname):
         return True
     return f"{url.scheme}://{url.raw_authority}" in config.allowed_origins
+
+
+def _utf8(text: str) -> bytes:
+    """Header bytes that are not UTF-8 reach handlers as lone surrogates (aiohttp
+    decodes with ``surrogateescape``); encoded back they compare as the bytes sent,
+    and never raise (issue 16 item 10: a 500 with a stack trace before)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _check_token(request: web.Request, expected: bytes) -> None:
@@ -224,7 +238,7 @@ def _check_token(request: web.Request, expected: bytes) -> None:
     # Any one correct form admits (GatewayClient sends an empty "Authorization: token "
     # beside a correct "token" header). Compare all candidates so the time taken does
     # not depend on which one matched.
-    matches = [hmac.compare_digest(p.encode(), expected) for p in presented]
+    matches = [hmac.compare_digest(_utf8(p), expected) for p in presented]
     if not any(matches):
         raise Forbidden("missing or wrong token" if presented else "a token is required")
 
@@ -232,7 +246,7 @@ def _check_token(request: web.Request, expected: bytes) -> None:
 def _check_xsrf(request: web.Request) -> None:
     cookie = request.cookies.get("_xsrf", "")
     header = request.headers.get("X-XSRFToken", "")
-    if not cookie or not header or not hmac.compare_digest(cookie.encode(), header.encode()):
+    if not cookie or not header or not hmac.compare_digest(_utf8(cookie), _utf8(header)):
         raise Forbidden("'_xsrf' cookie and X-XSRFToken header missing or not equal")
 
 
@@ -270,10 +284,10 @@ def protector(config: MixerConfig) -> Middleware:
             _check_token(request, expected)
         elif request.method not in SAFE_METHODS:
             _check_xsrf(request)
-        if request.headers.get("Upgrade", "").lower() == "websocket" and not origin_allowed(
-            request, config
-        ):
-            raise Forbidden(f"websocket from a foreign origin refused: {request.headers['Origin']}")
+        if not origin_allowed(request, config):
+            # Requests too, not only websockets, as jupyter_server's check_origin.
+            raise Forbidden(f"request from a foreign origin refused: {request.headers['Origin'][:200]!r}"
+                            " (the mixer admits its own origin and --allow-origin ones)")
         return await handler(request)
 
     return protect

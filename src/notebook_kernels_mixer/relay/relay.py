@@ -46,8 +46,10 @@ Slot = list[Tunnel | None]
 
 
 class Relay:
-    def __init__(self, *, external_hostname: str | None) -> None:
+    def __init__(self, *, external_hostname: str | None, local_backend: str) -> None:
         self.external_hostname = external_hostname
+        #: The local server's name: it alone gets a client's foreign Origin (SPEC §6).
+        self.local_backend = local_backend
         self._live: set[Tunnel] = set()
         self._dialers: dict[str, Dialer] = {}
         # kernel websocket session -> the slots of its sockets, oldest first
@@ -76,9 +78,10 @@ class Relay:
         """Relay one websocket. Raises ``NotFound`` when the backend has no such kernel;
         any other backend failure closes the client's socket with 1011."""
         headers = {k: request.headers[k] for k in _HANDSHAKE_TO_BACKEND if k in request.headers}
-        headers.update(origin_headers(request.headers, mixer_host=request.host,
+        headers.update(origin_headers(request.headers, scheme=request.scheme, mixer_host=request.host,
                                       external_hostname=self.external_hostname,
-                                      backend_origin=backend.origin))
+                                      backend_origin=backend.origin,
+                                      local=backend.name == self.local_backend))
         async with self._ws_session(request, backend, path) as (query, slot):
             try:
                 upgrade = await self._dialer(backend).upgrade(path, query, headers)

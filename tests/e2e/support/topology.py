@@ -130,7 +130,9 @@ def _auth_args(
             "--ServerApp.identity_provider_class=bearer_identity.BearerFileIdentityProvider",
             f"--BearerFileIdentityProvider.token_file={bearer_file}",
         ], None
-    assert token, "a jupyter_server needs a token or a bearer file"
+    if token == "":  # no token at all: every local program may use the server
+        return ["--IdentityProvider.token="], {}
+    assert token, "a jupyter_server needs a token, an empty one or a bearer file"
     return [f"--IdentityProvider.token={token}"], {"Authorization": f"token {token}"}
 
 
@@ -148,7 +150,8 @@ def jupyter_server(
     app: str = "jupyter_server",
     ready_path: str = "/api/status",
 ) -> JupyterServer:
-    """Prepare (not start) ``python -m <app>``; ``token`` or ``bearer_file`` picks its auth."""
+    """Prepare (not start) ``python -m <app>``; ``token`` (``""``: none) or
+    ``bearer_file`` picks its auth."""
     port = port or free_port()
     home, dirs = jupyter_home(workdir, name)
     env = clean_env({"MIXER_TEST_WHERE": where, **dirs})
