@@ -39,6 +39,11 @@ def open_mixer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[topology.Mi
         local.stop()
 
 
+def open_mixer_local_log(mixer: topology.Mixer) -> str:
+    """The log of the local server behind ``mixer`` (it says why it refused)."""
+    return (mixer.process.log_path.parent.parent / "local" / "local.log").read_text()
+
+
 async def _kernel(http: aiohttp.ClientSession, base: str) -> str:
     async with http.post(base + "/api/kernels", json={"name": "local-python3"}, headers=XSRF) as r:
         assert r.status == 201, await r.text()
@@ -79,7 +84,12 @@ async def test_the_local_server_judges_an_origin_admitted_by_the_mixer(
     its own check applies (it was dropped before, so the server saw a script)."""
     url = open_mixer.url.replace("http", "ws") + "/api/events/subscribe"
     assert await _handshake_status(http, url, open_mixer.url) == 101
-    assert await _handshake_status(http, url, ADMITTED) == 403
+    # A backend's refusal closes the client's socket (SPEC §4), saying why.
+    async with http.ws_connect(url, headers={"Origin": ADMITTED}) as ws:
+        msg = await ws.receive(timeout=30)
+    assert msg.type == aiohttp.WSMsgType.CLOSE, msg
+    assert msg.data == 1011 and "HTTP 403" in msg.extra, msg
+    assert "403 GET /api/events/subscribe" in open_mixer_local_log(open_mixer)  # its verdict
 
 
 @pytest.mark.parametrize("squatted", ["::1", "127.0.0.1"])
