@@ -10,6 +10,7 @@ JSON answers, so no handler formats an error itself::
     ├── Conflict              409  a kernel id already in use on another backend
     ├── PayloadTooLarge       413  body over the limit
     ├── UpstreamError         4xx/5xx  a backend answered an error; handed on as it said it
+    ├── StateUnavailable      503  a change the mixer alone knows could not reach its state file
     └── BackendError          502  a backend answered garbage or could not be reached
         ├── BackendUnavailable 503 backend down, or no credentials for it
         └── BackendTimeout     504 a backend did not answer within its timeout
@@ -23,6 +24,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from notebook_kernels_mixer import jsonutil
+
+#: On every answer whose body comes from a backend (other than the local server's own
+#: pages, which the catch-all proxy hands on): no type sniffing, and if a browser
+#: opens it as a page anyway, nothing runs and it has an origin of its own.
+SANDBOX_HEADERS: Mapping[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 
 class MixerError(Exception):
@@ -67,6 +76,14 @@ class PayloadTooLarge(MixerError):
     reason = "Payload Too Large"
 
 
+class StateUnavailable(MixerError):
+    """The mixer's state file did not take a change that only the mixer knows (a kept
+    session, a moved session's id): what the request started was undone."""
+
+    status = 503
+    reason = "Service Unavailable"
+
+
 class UpstreamError(MixerError):
     """A backend answered with an error status (an unknown spec, a refused user, …):
     the client gets that answer as the backend gave it, marked with the backend's name."""
@@ -81,7 +98,8 @@ class UpstreamError(MixerError):
 
     @property
     def headers(self) -> Mapping[str, str]:
-        return {"X-Mixer-Backend": self.backend, "Content-Type": self._content_type}
+        return {"X-Mixer-Backend": self.backend, "Content-Type": self._content_type,
+                **SANDBOX_HEADERS}
 
     @property
     def body(self) -> bytes:

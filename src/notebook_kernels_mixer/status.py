@@ -1,7 +1,7 @@
 """``/mixer/api/status`` and the ``/mixer/`` page: how each backend is doing.
 
 Reachability, last error, latency of the last call, kernel count, credential state
-(its kind and expiry, never the credential itself), whether the backend's entries in
+(its kind and expiry, never the credential itself), the state file's health, whether the backend's entries in
 listings are last-known ones and since when, and its orphan kernels: kernels that no
 notebook session references and no client is connected to — still running (and, in
 a cloud, still paid for) although nobody uses them.
@@ -66,6 +66,8 @@ class StatusHandlers:
             "uptime_seconds": round(time.time() - self.started, 1),
             "websockets": self.relay.live,
             "state_file": self.state_file,
+            # whether changes reach the file: a failing disk, a value dropped (never values)
+            "state": self.registry.state.status(),
             "memory": {**self.registry.sizes(), **self.relay.state()},
             "backends": backends,
         }

@@ -115,7 +115,19 @@ def render(status: dict[str, Any], url: str) -> str:
     if errors:
         lines += ["", "last errors:"]
         lines += [f"  {name}: {error}" for name, error in errors]
+    lines += state_lines(status.get("state"))
     return "\n".join(lines)
+
+
+def state_lines(state: Any) -> list[str]:
+    """The state file's trouble, if any: changes that do not reach it now, or did not."""
+    if not isinstance(state, dict) or not (state.get("problem") or state.get("dropped_changes")):
+        return []
+    lines = ["", f"state file {state.get('path')}: {state.get('problem') or 'written again'}"]
+    if state.get("dropped_changes"):
+        lines.append(f"  {state['dropped_changes']} changes could not be kept; last error:"
+                     f" {state.get('last_error')}")
+    return lines
 
 
 def _duration(seconds: Any) -> str:

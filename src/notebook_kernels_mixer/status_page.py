@@ -56,7 +56,17 @@ def render_page(status: dict[str, Any]) -> str:
         websockets=status["websockets"],
         rows="".join(render_row(b) for b in status["backends"]),
         orphans=render_orphans(status["backends"]),
+        state=render_state(status.get("state") or {}),
     )
+
+
+def render_state(state: dict[str, Any]) -> str:
+    """A warning while changes do not reach the state file (e.g. a full disk)."""
+    if not state.get("problem"):
+        return ""
+    return (f'<p class="problem">The state file {html.escape(str(state.get("path")))} is not being'
+            f" written: {html.escape(str(state['problem']))}. Kept sessions created meanwhile"
+            " are refused.</p>")
 
 
 PAGE = """<!doctype html>
@@ -65,10 +75,11 @@ PAGE = """<!doctype html>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: .3em .8em; border-bottom: 1px solid #ddd; }}
-tr.down td {{ color: #a00; }} th {{ text-align: left; }}
+tr.down td, .problem {{ color: #a00; }} th {{ text-align: left; }}
 </style></head>
 <body><h1>Notebook Kernels Mixer</h1>
 <p>Version {version} · {websockets} kernel websockets relayed now · refreshes every 5 s</p>
+{state}
 <table><tr><th>backend</th><th>url</th><th>reachable</th><th>kernels</th>
 <th>last-known entries</th><th>last latency</th><th>credentials</th><th>last error</th></tr>
 {rows}</table>

@@ -18,14 +18,29 @@ from urllib.parse import quote
 
 from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.errors import BackendError, NotFound
+from notebook_kernels_mixer.resources.naming import valid_id
 
 log = logging.getLogger(__name__)
 
 Model = dict[str, Any]
+_warned: set[tuple[str, str]] = set()  # (backend, what): invalid entries logged once
 
 
 def is_model(value: Any) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("id"), str)
+    """A kernel or session model with an id the mixer can route and keep (naming.valid_id)."""
+    return isinstance(value, dict) and valid_id(value.get("id"))
+
+
+def listed_models(backend: Backend, answer: list[Any], what: str) -> list[Model]:
+    """The models of a backend's listing; entries without a valid id are left out, not
+    the whole listing: one bad entry must not hide the backend's other kernels or
+    sessions (and such an id could not be routed anyway). Logged once per backend."""
+    models = [m for m in answer if is_model(m)]
+    if len(models) != len(answer) and (backend.name, what) not in _warned:
+        _warned.add((backend.name, what))
+        log.warning("backend %r listed %d %s without a valid id (at most 128 of A-Z a-z 0-9 _ . -);"
+                    " left out", backend.name, len(answer) - len(models), what)
+    return models
 
 
 class BackendKernels:
@@ -55,7 +70,7 @@ class BackendKernels:
         answer = resp.json()
         if not isinstance(answer, list):
             raise BackendError(self.backend.name, "answered something that is not a list of kernels")
-        return [m for m in answer if is_model(m)]
+        return listed_models(self.backend, answer, "kernels")
 
     async def get(self, kernel_id: str, timeout: float | None = None) -> Model | None:
         """The kernel's model; None when the backend has no such kernel."""
@@ -108,5 +123,6 @@ class BackendKernels:
 
     def _model(self, value: Any, what: str) -> Model:
         if not is_model(value):
-            raise BackendError(self.backend.name, f"answered {what} without a kernel model")
+            raise BackendError(self.backend.name, f"answered {what} without a kernel model"
+                               " (an object with a valid id)")
         return value  # type: ignore[no-any-return]

@@ -7,11 +7,9 @@ from typing import Any
 from aiohttp import web
 
 from notebook_kernels_mixer import jsonutil
-from notebook_kernels_mixer.backends import BackendResponse
-from notebook_kernels_mixer.errors import BadRequest, PayloadTooLarge
+from notebook_kernels_mixer.errors import SANDBOX_HEADERS, BadRequest, PayloadTooLarge
 
 BACKEND_HEADER = "X-Mixer-Backend"
-_PASSED_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Cache-Control", "Location")
 
 
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:
@@ -25,9 +23,34 @@ async def read_json(request: web.Request, *, empty: Any = None) -> Any:
     if not body.strip():
         return empty
     try:
-        return jsonutil.loads(body)
+        value = jsonutil.loads(body)
     except (jsonutil.JSONDecodeError, UnicodeDecodeError):
         raise BadRequest("request body is not valid JSON") from None
+    if not _unicode(value):
+        raise BadRequest("request body is not valid JSON: a string holds a lone surrogate"
+                         " escape (such as \\udcff), which is not Unicode text")
+    return value
+
+
+def _unicode(value: Any) -> bool:
+    """Whether every string (and key) in ``value`` is Unicode text. orjson refuses a
+    lone surrogate escape such as ``\\udcff`` as invalid JSON; stdlib json decodes it into
+    a string that cannot be encoded (nor kept, nor sent on): the same 400 either way."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -53,17 +76,10 @@ def _json_type(value: Any) -> str:
 
 
 def json_response(data: Any, *, status: int = 200, backend: str | None = None) -> web.Response:
-    headers = {BACKEND_HEADER: backend} if backend else None
+    """A JSON answer (of the mixer's APIs, made of what backends answered)."""
+    headers = {**SANDBOX_HEADERS, BACKEND_HEADER: backend} if backend else dict(SANDBOX_HEADERS)
     return web.Response(
         body=jsonutil.dumps(data), status=status, content_type="application/json",
         headers=headers,
     )
 
-
-def passthrough(resp: BackendResponse) -> web.Response:
-    """A backend's own answer (often its error) handed on unchanged, marked as its."""
-    headers = {BACKEND_HEADER: resp.backend}
-    for name in _PASSED_HEADERS:
-        if name in resp.headers:
-            headers[name] = resp.headers[name]
-    return web.Response(body=resp.body, status=resp.status, headers=headers)

@@ -9,10 +9,11 @@ import re
 from urllib.parse import quote
 
 from notebook_kernels_mixer.errors import BadRequest
+from notebook_kernels_mixer.state import MAX_VALUE_CHARS, storable
 
 # Kernel and session ids are UUIDs on every known backend; allow a little more, but
 # nothing that could change the path they are put into (no "/", no dot segments).
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # fullmatch: no trailing "\n"
 _SPEC_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,255}$")
 _RESOURCE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -36,11 +37,24 @@ def split_prefixed(name: object, known: tuple[str, ...] | list[str]) -> tuple[st
     return prefix, bare
 
 
+def valid_id(value: object) -> bool:
+    """A kernel/session id (from a client or a backend) the mixer can route and keep."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
 def checked_id(value: str, what: str) -> str:
     """A kernel/session id safe to put into a backend path, percent-encoded."""
-    if not _ID_RE.match(value):
+    if not valid_id(value):
         raise BadRequest(f"invalid {what} id {value!r}")
     return quote(value, safe="")
+
+
+def checked_text(value: object, what: str) -> None:
+    """400 unless ``value`` (a path, name or type the mixer may keep) is a string of at
+    most MAX_VALUE_CHARS characters, encodable as UTF-8. The value is not repeated."""
+    if not storable(value):
+        raise BadRequest(f"invalid {what}: a string of at most {MAX_VALUE_CHARS} characters,"
+                         " encodable as UTF-8 (no lone surrogates), is expected")
 
 
 def checked_resource_path(path: str) -> str:

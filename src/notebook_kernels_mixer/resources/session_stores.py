@@ -25,9 +25,21 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from notebook_kernels_mixer.backends import Backend
-from notebook_kernels_mixer.errors import BackendError, BadRequest, NotFound
-from notebook_kernels_mixer.resources.backend_kernels import BackendKernels, Model, is_model
-from notebook_kernels_mixer.state import KeptSession, StateStore
+from notebook_kernels_mixer.errors import (
+    BackendError,
+    BadRequest,
+    MixerError,
+    NotFound,
+    StateUnavailable,
+)
+from notebook_kernels_mixer.resources.backend_kernels import (
+    BackendKernels,
+    Model,
+    is_model,
+    listed_models,
+)
+from notebook_kernels_mixer.resources.naming import checked_text
+from notebook_kernels_mixer.state import KeptSession, StateError, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +76,7 @@ class ForwardedSessions:
         answer = await self.backend.call("GET", "/api/sessions", timeout=timeout)
         if not isinstance(answer, list):
             raise BackendError(self.backend.name, "answered something that is not a session list")
-        return [m for m in answer if is_model(m)]
+        return listed_models(self.backend, answer, "sessions")
 
     async def get(self, session_id: str, timeout: float | None = None) -> Model:
         return _session(self.backend, await self.backend.call("GET", self._path(session_id),
@@ -107,7 +119,7 @@ class KeptSessions:
     def _records(self) -> list[KeptSession]:
         return [r for r in self.state.kept.values() if r.backend == self.backend.name]
 
-    def _record(self, session_id: str) -> KeptSession:
+    def _record_of(self, session_id: str) -> KeptSession:
         record = self.state.kept.get(session_id)
         if record is None or record.backend != self.backend.name:
             raise NotFound(f"session {session_id!r} not found")
@@ -126,63 +138,84 @@ class KeptSessions:
         return out
 
     async def get(self, session_id: str, timeout: float | None = None) -> Model:
-        record = self._record(session_id)
+        record = self._record_of(session_id)
         kernel = await self.kernels.get(record.kernel_id, timeout)
         if kernel is None:
             self.state.drop_kept(record.id)
             raise NotFound(f"session {session_id!r} not found (its kernel is gone)")
         return _model(record, kernel)
 
-    async def _kernel_for(self, request: Any) -> Model:
+    async def _kernel_for(self, request: Any) -> tuple[Model, bool]:
         """The kernel a session asks for: an existing one by id, or a new one started
-        by name (the backend's default without either)."""
+        by name (the backend's default without either); and whether it was started."""
         request = request or {}
         if isinstance(request.get("id"), str):
             model = await self.kernels.get(request["id"])
             if model is None:
                 raise BadRequest(f"Kernel does not exist: {request['id']}")
-            return model
+            return model, False
         start = {"name": request["name"]} if isinstance(request.get("name"), str) else {}
-        return (await self.kernels.start(start))[1]
+        return (await self.kernels.start(start))[1], True
+
+    async def _record(self, record: KeptSession, undo: KeptSession | None,
+                      started: str | None) -> None:
+        """Put ``record`` on disk before the answer (only the mixer knows it). If the
+        state file does not take it: back to ``undo`` (None: no record), the kernel
+        ``started`` for it shut down, and a 503 that says so."""
+        self.state.put_kept(record)
+        try:
+            await self.state.flush()
+        except StateError as exc:
+            if undo is None:
+                self.state.drop_kept(record.id)
+            else:
+                self.state.put_kept(undo)
+            if started is not None:
+                await self._shutdown(started)
+            undone = "; the kernel started for it was shut down" if started else ""
+            raise StateUnavailable(f"the session could not be recorded: {exc}{undone}") from None
 
     async def create(self, body: dict[str, Any]) -> Model:
-        kernel = await self._kernel_for(body.get("kernel"))
         notebook = body.get("notebook") if isinstance(body.get("notebook"), dict) else {}
         path = _text(body.get("path")) or _text(notebook.get("path"))
-        record = KeptSession(
-            id=str(uuid.uuid4()), backend=self.backend.name, path=path,
-            name=_text(body.get("name")) or _text(notebook.get("name")) or posixpath.basename(path),
-            type=_text(body.get("type")) or "notebook", kernel_id=kernel["id"],
-        )
-        self.state.put_kept(record)
-        await self.state.flush()  # only the mixer knows this session: on disk first
+        fields = {
+            "path": path, "type": _text(body.get("type")) or "notebook",
+            "name": _text(body.get("name")) or _text(notebook.get("name")) or posixpath.basename(path),
+        }
+        for what, value in fields.items():
+            checked_text(value, f"session {what}")  # before a kernel is started for it
+        kernel, started = await self._kernel_for(body.get("kernel"))
+        record = KeptSession(id=str(uuid.uuid4()), backend=self.backend.name,
+                             kernel_id=kernel["id"], **fields)
+        await self._record(record, None, kernel["id"] if started else None)
         return _model(record, kernel)
 
     async def patch(self, session_id: str, body: dict[str, Any]) -> Model:
-        record = self._record(session_id)
-        kernel = await self._kernel_for(body["kernel"]) if body.get("kernel") else None
+        record = self._record_of(session_id)
         changes = {k: body[k] for k in ("path", "name", "type") if isinstance(body.get(k), str)}
+        for what, value in changes.items():
+            checked_text(value, f"session {what}")
+        kernel, started = (await self._kernel_for(body["kernel"])) if body.get("kernel") else (None, False)
         if kernel is not None:
             changes["kernel_id"] = kernel["id"]
         updated = replace(record, **changes)
-        self.state.put_kept(updated)
-        await self.state.flush()
+        await self._record(updated, record, kernel["id"] if kernel is not None and started else None)
         if updated.kernel_id != record.kernel_id:
             # As jupyter_server does: a session's replaced kernel is shut down.
             await self._shutdown(record.kernel_id)
         return _model(updated, kernel) if kernel is not None else await self.get(session_id)
 
     async def delete(self, session_id: str) -> None:
-        record = self._record(session_id)
+        record = self._record_of(session_id)
         await self.kernels.delete(record.kernel_id)
         self.state.drop_kept(record.id)
 
     async def _shutdown(self, kernel_id: str) -> None:
         try:
             await self.kernels.delete(kernel_id)
-        except BackendError as exc:
+        except MixerError as exc:  # unreachable, or its own error answer
             log.warning("backend %r: shutting down kernel %s failed: %s", self.backend.name,
-                        kernel_id, exc.cause)
+                        kernel_id, getattr(exc, "cause", exc))
 
 
 class AutoSessions:

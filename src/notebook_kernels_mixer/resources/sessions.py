@@ -20,14 +20,15 @@ from typing import Any
 from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend
-from notebook_kernels_mixer.errors import BackendError, BadRequest, NotFound
-from notebook_kernels_mixer.resources.backend_kernels import Model
+from notebook_kernels_mixer.errors import BadRequest, MixerError, NotFound, StateUnavailable
+from notebook_kernels_mixer.resources.backend_kernels import Model, is_model
 from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
 from notebook_kernels_mixer.resources.fanout import merged
 from notebook_kernels_mixer.resources.kernels import DefaultSpec, KernelsHandlers, translate_kernel
-from notebook_kernels_mixer.resources.naming import checked_id
+from notebook_kernels_mixer.resources.naming import checked_id, checked_text
 from notebook_kernels_mixer.resources.registry import Registry
 from notebook_kernels_mixer.resources.session_stores import SessionStore
+from notebook_kernels_mixer.state import StateError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
         field(kernel, "name", str, "a string")
         field(kernel, "id", str, "a string")
     for name in _MODEL_FIELDS:
-        field(body, name, str, "a string")
+        if field(body, name, str, "a string") is not None:
+            checked_text(body[name], f"session {name}")
     return kernel
 
 
@@ -84,7 +86,7 @@ class SessionsHandlers:
         there, so the backend's last-known sessions learn it too."""
         self.registry.remember_session(client_id, backend, model["id"])
         kernel = model.get("kernel")
-        if isinstance(kernel, dict) and isinstance(kernel.get("id"), str):
+        if is_model(kernel):
             self.registry.listed_kernel(kernel["id"], backend)
         translated = translate_session(model, backend.name, client_id)
         if changed:
@@ -104,7 +106,7 @@ class SessionsHandlers:
             if not self.registry.learn_session(client_id, backend, model["id"]):
                 continue  # a stale copy: the session moved while this list was on its way
             kernel = model.get("kernel")
-            if isinstance(kernel, dict) and isinstance(kernel.get("id"), str):
+            if is_model(kernel):
                 self.registry.listed_kernel(kernel["id"], backend)
             out.append(translate_session(model, backend.name, client_id))
         return out
@@ -213,21 +215,42 @@ class SessionsHandlers:
         create["kernel"] = kernel
         model = await self._create_exactly(new, create)
         answer = self._answer(new, model, client_id, changed=True)
+        # The id the client knows now stands for another backend's session: nothing
+        # else could tell that after a crash, so it is on disk before the old one goes.
+        try:
+            await self.registry.state.flush()
+        except StateError as exc:
+            await self._undo_move(client_id, old, new, model)
+            raise StateUnavailable(f"session {client_id} stays on {old_backend.name!r}: its move"
+                                   f" could not be recorded ({exc})") from None
         self.registry.fanout.amend("sessions", old_backend, remove=client_id)
         try:
             await old_store.delete(old_sid)
-        except (BackendError, NotFound) as exc:
+        except MixerError as exc:
             log.warning("session %s moved to %r; deleting it on %r failed: %s",
                         client_id, new.name, old_backend.name, exc)
         old_kernel = current.get("kernel")
-        if isinstance(old_kernel, dict) and isinstance(old_kernel.get("id"), str):
+        if is_model(old_kernel):
             self.registry.forget_kernel(old_kernel["id"])
             self.registry.fanout.amend("kernels", old_backend, remove=old_kernel["id"])
         log.info("session %s moved from %r to %r", client_id, old_backend.name, new.name)
-        # The id the client knows now stands for another backend's session: nothing
-        # else could tell that after a crash, so it is on disk before the answer.
-        await self.registry.state.flush()
         return answer
+
+    async def _undo_move(self, client_id: str, old: tuple[Backend, str], new: Backend,
+                         model: Model) -> None:
+        """The session created on ``new`` is deleted (its kernel shut down) and the
+        client's id stands for the old one again."""
+        self.registry.fanout.amend("sessions", new, remove=client_id)
+        kernel = model.get("kernel")
+        if is_model(kernel):
+            self.registry.forget_kernel(kernel["id"])
+            self.registry.fanout.amend("kernels", new, remove=kernel["id"])
+        self.registry.remember_session(client_id, *old)
+        try:
+            await self.stores[new.name].delete(model["id"])
+        except MixerError as exc:
+            log.warning("session %s: deleting its unrecorded copy on %r failed: %s",
+                        client_id, new.name, exc)
 
     async def _create_exactly(self, backend: Backend, create: dict[str, Any]) -> Model:
         """Create the session on ``backend``; if it already had one for the path (a
