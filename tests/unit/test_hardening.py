@@ -1,6 +1,9 @@
 """Websocket abuse (issue 5): garbage and oversized frames, peers that vanish mid-
 message, many open/close cycles. The relay never hangs, closes both sides, and leaks
-no connection, task or file descriptor."""
+no connection, task or file descriptor.
+
+"Both sides" is seen from both ends: the mixer's count of relayed sockets
+(``relay.live``) and the fake backend's count of its open websockets (``ws_open``)."""
 
 import asyncio
 import base64
@@ -23,6 +26,16 @@ async def settle(relay, timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{relay.live} relayed websockets still open")
+
+
+async def backend_sockets(fake, expected: int, timeout: float = 5.0) -> None:
+    """Until the fake backend has ``expected`` websockets open (its own count, not the
+    mixer's): a backend leg the relay forgot to close stays open there."""
+    for _ in range(int(timeout / 0.02)):
+        if fake.stats["ws_open"] == expected:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the backend has {fake.stats['ws_open']} websockets open, not {expected}")
 
 
 async def raw_upgrade(base: str, url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -52,13 +65,15 @@ async def kernel_url(fakes, mixer, **config):
 async def test_oversized_client_frame_closes_both_sides(fakes, mixer) -> None:
     # The relay splices bytes: the backend's own message limit applies (the fake's is
     # aiohttp's 4 MiB); its "message too big" close reaches the client, and the relay ends.
-    _, m, url = await kernel_url(fakes, mixer)
+    local, m, url = await kernel_url(fakes, mixer)
     async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
+        await backend_sockets(local, 1)
         await ws.send_bytes(b"x" * (5 * 1024 * 1024))
         msg = await ws.receive(timeout=10)
         # aiohttp (the fake) drops the connection; jupyter_server sends close 1009 first
         assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
     await settle(m.app[RELAY])
+    await backend_sockets(local, 0)
     status, _ = await m.call("GET", "/api/kernels")
     assert status == 200
 
@@ -66,12 +81,14 @@ async def test_oversized_client_frame_closes_both_sides(fakes, mixer) -> None:
 async def test_garbage_frames_close_the_relay(fakes, mixer) -> None:
     local, m, url = await kernel_url(fakes, mixer)
     reader, writer = await raw_upgrade(m.url, url)
+    await backend_sockets(local, 1)
     writer.write(b"\xff\xff\xff\xff garbage that is no websocket frame \x00\x01")
     await writer.drain()
     rest = await asyncio.wait_for(reader.read(), 5)  # the mixer closes on us
     assert rest == b"" or rest[0] & 0x0F == 0x8  # EOF, or a close frame first
     writer.close()
     await settle(m.app[RELAY])
+    await backend_sockets(local, 0)
 
 
 async def test_backend_dying_mid_message_closes_client(fakes, mixer) -> None:
@@ -97,14 +114,18 @@ async def test_backend_dying_mid_message_closes_client(fakes, mixer) -> None:
 async def test_client_vanishing_mid_message(fakes, mixer) -> None:
     local, m, url = await kernel_url(fakes, mixer)
     reader, writer = await raw_upgrade(m.url, url)
-    for _ in range(50):  # the relay is up once the mixer counts it
-        if m.app[RELAY].live:
+    for _ in range(250):  # the relay is up once the mixer counts it
+        if m.app[RELAY].live == 1:
             break
         await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("the mixer never counted the relayed websocket")
+    await backend_sockets(local, 1)  # and the backend's leg is open
     writer.write(b"\x82\xfe\x10\x00\x00\x00\x00\x00" + b"y" * 10)  # masked 4 KiB frame, cut
     await writer.drain()
     writer.transport.abort()
     await settle(m.app[RELAY])
+    await backend_sockets(local, 0)
 
 
 async def test_many_open_close_cycles_leak_nothing(fakes, mixer) -> None:
@@ -119,11 +140,14 @@ async def test_many_open_close_cycles_leak_nothing(fakes, mixer) -> None:
     # warm up pools before counting
     await asyncio.gather(*(cycle(i) for i in range(20)))
     await settle(relay)
+    await backend_sockets(local, 0)
     await asyncio.sleep(0.2)
     tasks_before, fds_before = len(asyncio.all_tasks()), open_fds()
     for batch in range(50):
         await asyncio.gather(*(cycle(batch * 40 + i) for i in range(40)))
     await settle(relay)
+    await backend_sockets(local, 0)
+    assert local.stats["ws_connections"] == 20 + 50 * 40  # every cycle reached the backend
     await asyncio.sleep(0.3)
     assert len(asyncio.all_tasks()) <= tasks_before + 2
     # pooled keep-alive connections may differ a little; a leak would be thousands
