@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from notebook_kernels_mixer import __version__
 from notebook_kernels_mixer.config import (
     LOOPBACK_HOSTS,
+    MAX_BACKEND_ANSWER,
     BackendConfig,
     ConfigError,
     LogConfig,
@@ -103,6 +104,9 @@ def _mixer_flags(parser: argparse.ArgumentParser) -> None:
           help="SQLite file of what a restart must not forget (moved sessions, sessions "
                "kept for gateways, kernel owners); default: mixer-state-PORT.sqlite in "
                "Jupyter's runtime directory; ':memory:' keeps nothing")
+    _flag(parser, "max-backend-answer", type=int, default=MAX_BACKEND_ANSWER, metavar="BYTES",
+          help="largest REST answer (listing, kernelspec resource, error) taken from a "
+               "backend, in bytes; a larger one is answered 502")
     _flag(parser, "config", action="append", default=[], metavar="FILE",
           help="TOML file declaring backends (see examples/mixer.toml); may be repeated. "
                "Flags given on the command line override the file (README: Config file)")
@@ -154,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> MixerConfig:
         request_timeout=timeout,
         list_timeout=list_timeout,
         sessions="backend",  # a jupyter_server keeps its own sessions
+        max_answer_bytes=args.max_backend_answer,
     )
     backends = [local]
     url = remote_url(args)
@@ -167,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> MixerConfig:
                 request_timeout=timeout,
                 list_timeout=list_timeout,
                 gce_metadata_ip=args.gce_metadata_override_ip,
+                max_answer_bytes=args.max_backend_answer,
             )
         )
     return MixerConfig(

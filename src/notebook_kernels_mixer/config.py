@@ -18,6 +18,8 @@ AUTH_KINDS = ("none", "token", "gcloud", "google-adc")
 SESSIONS_MODES = ("auto", "backend", "mixer")
 BACKEND_NAME_RE = re.compile(r"^[a-z0-9_]+$")
 LOOPBACK_HOSTS = ("::1", "127.0.0.1")
+#: Default cap of one REST answer from a backend (``--max-backend-answer``).
+MAX_BACKEND_ANSWER = 64 * 1024 * 1024
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {
@@ -94,6 +96,9 @@ class BackendConfig:
     gce_metadata_ip: str | None = None
     #: Who keeps this backend's sessions (one of SESSIONS_MODES).
     sessions: str = "auto"
+    #: Cap of one REST answer (listing, model, kernelspec resource, error) from this
+    #: backend, in bytes: a larger answer is a 502 (``--max-backend-answer``).
+    max_answer_bytes: int = MAX_BACKEND_ANSWER
 
     def __post_init__(self) -> None:
         """The one place a backend's values are checked (flags and files alike)."""
@@ -117,6 +122,10 @@ class BackendConfig:
             raise ConfigError(f"invalid url {self.url!r} (http or https)", backend=self.name)
         if self.request_timeout <= 0 or self.list_timeout <= 0:
             raise ConfigError("timeouts must be positive", backend=self.name)
+        if (isinstance(self.max_answer_bytes, bool) or not isinstance(self.max_answer_bytes, int)
+                or self.max_answer_bytes <= 0):
+            raise ConfigError("the answer cap (--max-backend-answer) must be a positive "
+                              "number of bytes", backend=self.name)
         if self.sessions not in SESSIONS_MODES:
             raise ConfigError(
                 f"unknown sessions {self.sessions!r} (one of {', '.join(SESSIONS_MODES)})",

@@ -51,7 +51,8 @@ BACKEND_KEYS = (
     "name", "display_suffix", "url", "auth", "token_env", "token_file",
     "request_timeout", "list_timeout", "default", "local", "sessions", "gce_metadata_ip",
 )  # fmt: skip
-MIXER_KEYS = ("port", "token_env", "token_file", "external_hostname", "retention", "state_file")
+MIXER_KEYS = ("port", "token_env", "token_file", "external_hostname", "retention", "state_file",
+              "max_backend_answer")
 TOP_KEYS = ("mixer", "backends")
 
 
@@ -81,6 +82,7 @@ class FileSettings:
     external_hostname: str | None = None
     retention: float | None = None
     state_file: str | None = None
+    max_backend_answer: int | None = None
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def load_files(paths: Sequence[str | os.PathLike[str]],
     """Read and validate every file; backends of all files are combined."""
     env = os.environ if environ is None else environ
     backends: list[FileBackend] = []
-    port = token = external_hostname = retention = state_file = None
+    port = token = external_hostname = retention = state_file = max_answer = None
     for raw in paths:
         path = Path(raw).expanduser()
         data = _read_toml(path)
@@ -107,6 +109,8 @@ def load_files(paths: Sequence[str | os.PathLike[str]],
         if "state_file" in mixer:
             state_file = str(path.parent / Path(_string(mixer, "state_file", f"{path}: [mixer]"))
                              .expanduser()) if mixer["state_file"] != ":memory:" else ":memory:"
+        if "max_backend_answer" in mixer:
+            max_answer = _positive_int(mixer, "max_backend_answer", f"{path}: [mixer]")
         if "token_env" in mixer or "token_file" in mixer:
             token = _read_token(mixer, path, f"{path}: [mixer]", env)
         entries = data.get("backends", [])
@@ -117,7 +121,8 @@ def load_files(paths: Sequence[str | os.PathLike[str]],
         for index, entry in enumerate(entries, 1):
             backends.append(_backend(entry, index, path, env))
     _check_unique(backends)
-    return FileSettings(tuple(backends), port, token, external_hostname, retention, state_file)
+    return FileSettings(tuple(backends), port, token, external_hostname, retention, state_file,
+                        max_answer)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -240,6 +245,13 @@ def _duration(table: Mapping[str, Any], key: str, where: str) -> float | None:
         raise ConfigFileError(f"{where}: {key}: {exc}") from None
 
 
+def _positive_int(table: Mapping[str, Any], key: str, where: str) -> int:
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigFileError(f"{where}: {key} must be a positive integer (bytes)")
+    return value
+
+
 def _port(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ConfigFileError(f"{where}: port must be an integer between 0 and 65535")
@@ -301,6 +313,10 @@ def combine(files: FileSettings, seed: MixerConfig, given: set[str]) -> MixerCon
         out.append(seed_remote)
     if default_name is None:
         default_name = next((b.name for b in out if b.name != local_name), local_name)
+    # [mixer] max_backend_answer caps every backend's answers, unless the flag is given.
+    cap = _flag_or_file("max_backend_answer", seed_local.max_answer_bytes,
+                        files.max_backend_answer, given)
+    out = [replace(b, max_answer_bytes=cap) for b in out]
     local = next(b for b in out if b.name == local_name)
     if "jupyter_token" in given:
         token = seed.token

@@ -106,3 +106,11 @@ def test_non_loopback_refusal_exits_with_a_message(capsys) -> None:
 
     assert main(["--listen=0.0.0.0"]) == 2
     assert "non-loopback" in capsys.readouterr().err
+
+
+def test_the_answer_cap_is_64_mib_unless_the_flag_says_otherwise(capsys) -> None:
+    assert {b.max_answer_bytes for b in config("--remote-url=http://h").backends} == {64 << 20}
+    cfg = config("--remote-url=http://h", "--max-backend-answer=1048576")
+    assert {b.max_answer_bytes for b in cfg.backends} == {1 << 20}
+    with pytest.raises(ConfigError, match="max-backend-answer"):
+        config("--max-backend-answer=0")

@@ -308,3 +308,22 @@ def test_lab_checks_the_config_first(tmp_path: Path, capsys) -> None:
     local = write(tmp_path, '[[backends]]\nname = "local"\nurl = "http://localhost:1/"\n', "l.toml")
     assert lab.main(["--config", str(local)]) == 2
     assert "mixer lab starts the local backend itself" in capsys.readouterr().err
+
+
+def test_the_answer_cap_from_the_mixer_table_and_the_flag(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        [mixer]
+        max_backend_answer = 2048
+
+        [[backends]]
+        name = "kg"
+        url = "http://127.0.0.1:8890/"
+    """)
+    cfg = combined([path], "--remote-url=http://h")
+    assert {b.name: b.max_answer_bytes for b in cfg.backends} == {"local": 2048, "kg": 2048,
+                                                                  "remote": 2048}
+    cfg = combined([path], "--max-backend-answer=4096")  # the flag wins
+    assert {b.max_answer_bytes for b in cfg.backends} == {4096}
+    bad = write(tmp_path, "[mixer]\nmax_backend_answer = \"64MiB\"\n", "bad.toml")
+    with pytest.raises(ConfigFileError, match="max_backend_answer must be a positive integer"):
+        load_files([bad])

@@ -316,6 +316,9 @@ def test_parse_expiry() -> None:
 
 async def test_mixer_uses_gcloud_once_for_many_requests(gcloud: StandIn, fakes, mixer, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{gcloud.dir}:{os.environ['PATH']}")
+    # Two refused tokens in quick succession below; the rate limit of the refreshes a
+    # refusal forces has tests of its own.
+    monkeypatch.setattr(GcloudToken, "rejection_interval", 0.0)
     remote = await fakes("remote", token="token-1")
     local = await fakes("local")
     m: Mixer = await mixer(
@@ -339,3 +342,37 @@ async def test_mixer_uses_gcloud_once_for_many_requests(gcloud: StandIn, fakes, 
     assert status == 503 and "credentials" in err["message"] and "remote" in err["message"]
     status, k = await m.call("POST", "/api/kernels", json={"name": "local-python3"})
     assert status == 201
+
+
+async def test_a_token_the_refresh_gave_back_is_not_refreshed_again(gcloud: StandIn) -> None:
+    source = source_for(gcloud)
+    source.rejection_interval = 0.0  # the once-per-token rule alone
+    headers = await source.headers()
+    assert source.rejected(headers) is True  # first refusal: one refresh
+    again = await source.headers()
+    assert again == headers and gcloud.run_count == 2  # gcloud gave the same token back
+    assert source.rejected(again) is False  # refused again: the answer is handed on
+    assert await source.headers() == headers and gcloud.run_count == 2
+
+
+async def test_a_refusal_soon_after_a_forced_refresh_forces_none(gcloud: StandIn) -> None:
+    """A source that issues a new token on every run, behind a backend that refuses
+    them all, does not run on every request."""
+    source = source_for(gcloud)
+    for i in range(10):
+        headers = await source.headers()
+        gcloud.token.write_text(f"token-new-{i}")
+        source.rejected(headers)
+    assert gcloud.run_count == 2
+
+
+async def test_a_backend_refusing_every_token_runs_gcloud_at_most_twice(
+        gcloud: StandIn, fakes, mixer, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", f"{gcloud.dir}:{os.environ['PATH']}")
+    remote = await fakes("remote", token="a-token-gcloud-never-gives")
+    local = await fakes("local")
+    m: Mixer = await mixer([("local", local), ("remote", remote.url, {"auth": "gcloud"})])
+    for _ in range(10):
+        status, body = await m.call("GET", "/api/kernelspecs/remote-python3")
+        assert status == 403 and body == {"message": "Forbidden"}  # the backend's answer
+    assert gcloud.run_count <= 2

@@ -1,12 +1,16 @@
 import asyncio
 import time
 
+import pytest
+from aiohttp import web
+
 from notebook_kernels_mixer.resources.kernelspecs import (
     BackendSpecs,
     merge,
     translate_spec,
     translate_specs,
 )
+from tests.fakes import FakeJupyter
 from tests.unit.conftest import Mixer
 
 
@@ -132,3 +136,88 @@ async def test_kernelspecs_are_cached_and_refreshed(fakes, mixer) -> None:
             break
         await asyncio.sleep(0.1)
     assert "local-newone" in body["kernelspecs"]
+
+
+# -- what a remote's resources and errors may be served as ---------------------------------------
+SCRIPT = b"<html><script>alert(document.cookie)</script></html>"
+SANDBOXED = {"X-Content-Type-Options": "nosniff",
+             "Content-Security-Policy": "default-src 'none'; sandbox"}
+
+
+class Hostile(FakeJupyter):
+    """Serves every kernelspec resource, and its errors, as an HTML page with a script."""
+
+    async def resource(self, request: web.Request) -> web.Response:
+        status = 404 if request.match_info["res"].startswith("missing") else 200
+        return web.Response(body=SCRIPT, status=status, content_type="text/html")
+
+    async def kernelspec(self, request: web.Request) -> web.Response:
+        return web.Response(body=SCRIPT, status=500, content_type="text/html")
+
+
+def assert_sandboxed(headers) -> None:  # type: ignore[no-untyped-def]
+    for name, value in SANDBOXED.items():
+        assert headers.get(name) == value, f"{name}: {headers.get(name)!r}"
+
+
+@pytest.mark.parametrize(("resource", "content_type"), [
+    ("evil.png", "image/png"),
+    ("logo-64x64.png", "image/png"),
+    ("logo-svg.svg", "image/svg+xml"),
+    ("kernel.js", "text/plain; charset=utf-8"),
+    ("kernel.css", "text/plain; charset=utf-8"),
+    ("kernel.json", "application/json"),
+    ("sub/evil.PNG", "image/png"),
+])
+async def test_a_resource_has_the_type_of_its_extension_never_the_backends(
+        fakes, mixer, resource: str, content_type: str) -> None:
+    local = await fakes("local")
+    remote = await Hostile("remote").start()
+    try:
+        m: Mixer = await mixer([("local", local), ("remote", remote)])
+        async with m.session.get(m.url + f"/kernelspecs/remote-python3/{resource}",
+                                 headers=m.headers()) as r:
+            assert r.status == 200 and await r.read() == SCRIPT
+            assert r.headers["Content-Type"] == content_type
+            assert "Content-Disposition" not in r.headers
+            assert_sandboxed(r.headers)
+            assert r.headers["X-Mixer-Backend"] == "remote"
+    finally:
+        await remote.stop()
+
+
+@pytest.mark.parametrize("resource", ["evil.html", "evil", "evil.png.html", "kernel.xml"])
+async def test_a_resource_of_another_type_is_a_download(fakes, mixer, resource: str) -> None:
+    local = await fakes("local")
+    remote = await Hostile("remote").start()
+    try:
+        m: Mixer = await mixer([("local", local), ("remote", remote)])
+        async with m.session.get(m.url + f"/kernelspecs/remote-python3/{resource}",
+                                 headers=m.headers()) as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"] == "application/octet-stream"
+            assert r.headers["Content-Disposition"] == f'attachment; filename="{resource}"'
+            assert_sandboxed(r.headers)
+    finally:
+        await remote.stop()
+
+
+async def test_a_backends_error_bodies_and_answers_are_sandboxed(fakes, mixer) -> None:
+    local = await fakes("local")
+    remote = await Hostile("remote").start()
+    try:
+        m: Mixer = await mixer([("local", local), ("remote", remote)])
+        # a resource's error, and an API error: the backend's status and body, sandboxed
+        for path, status in (("/kernelspecs/remote-python3/missing.png", 404),
+                             ("/api/kernelspecs/remote-python3", 500)):
+            async with m.session.get(m.url + path, headers=m.headers()) as r:
+                assert r.status == status and await r.read() == SCRIPT
+                assert r.headers["X-Mixer-Backend"] == "remote"
+                assert_sandboxed(r.headers)
+        # the mixer's JSON answers made of what backends said
+        for path in ("/api/kernelspecs", "/api/kernelspecs/local-python3", "/api/kernels"):
+            async with m.session.get(m.url + path, headers=m.headers()) as r:
+                assert r.status == 200 and r.content_type == "application/json"
+                assert_sandboxed(r.headers)
+    finally:
+        await remote.stop()

@@ -11,9 +11,10 @@ the relay's business (``relay.upgrade``); they use ``url_for``, ``auth_headers``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,14 @@ HOP_BY_HOP = frozenset(
         "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length",
     )
 )
+
+
+def _bytes(n: int) -> str:
+    """``67108864`` → ``64 MiB``; sizes that are not whole MiB/KiB stay in bytes."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,8 @@ class Backend:
         return send
 
     # -- requests --------------------------------------------------------------------
-    async def request(
+    @contextlib.asynccontextmanager
+    async def exchange(
         self,
         method: str,
         path: str,
@@ -159,9 +169,12 @@ class Backend:
         json: Any = None,
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> BackendResponse:
-        """One exchange, body read in full, within ``timeout`` (credentials included);
-        a 401/403 is retried once with fresh credentials. Errors mapped."""
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One exchange within ``timeout`` (credentials included), the answer's body not
+        read yet: the caller reads it (``read_capped``, ``iter_capped``). A 401/403 is
+        retried once if fresh credentials could help (``Credentials.rejected``). Errors
+        of the connection are mapped; an answer not read to its end is closed, not
+        given back to the pool."""
         body = None if json is None else jsonutil.dumps(json)
         send = self._headers(method, headers, body is not None)
         what = f"{method} {path}"
@@ -173,22 +186,79 @@ class Backend:
             started = time.perf_counter()
             client_timeout = aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001))
             try:
-                async with self.http.request(
+                resp = await self.http.request(
                     method, self.url_for(path, query), data=body, headers=send,
                     timeout=client_timeout, allow_redirects=False,
-                ) as resp:
-                    data = await resp.read()
+                )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 raise self.failed(exc, what) from None
             if resp.status in (401, 403) and attempt == 1 and self.credentials.rejected(auth):
+                resp.close()
                 continue
             if resp.status == 503:
                 self.health.failure(BackendUnavailable(self.name, f"{what}: HTTP 503"))
             elif resp.status < 500:
                 # A 5xx is neither: the backend is there, but broken for this call.
                 self.health.success(time.perf_counter() - started)
-            return BackendResponse(resp.status, resp.headers, data, self.name)
+            try:
+                yield resp
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                resp.close()
+                raise self.failed(exc, what) from None
+            except BaseException:
+                resp.close()
+                raise
+            resp.release()
+            return
         raise AssertionError("unreachable")
+
+    def too_large(self, what: str, size: str) -> BackendError:
+        """The answer to ``what`` is over this backend's cap (``--max-backend-answer``)."""
+        cap = self.config.max_answer_bytes
+        return BackendError(
+            self.name, f"answered {what} with {size}, over the limit of {_bytes(cap)} for "
+            "an answer from a backend (--max-backend-answer)"
+        )
+
+    async def iter_capped(self, resp: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
+        """The body of ``resp`` as it arrives; a ``BackendError`` (502, naming the backend
+        and the cap) as soon as it is known to be over the cap: by its Content-Length
+        before anything is read, else by counting (a chunked answer)."""
+        cap = self.config.max_answer_bytes
+        length = resp.content_length
+        if length is not None and length > cap:
+            resp.close()
+            raise self.too_large(what, _bytes(length))
+        total = 0
+        async for chunk in resp.content.iter_any():
+            total += len(chunk)
+            if total > cap:
+                resp.close()
+                raise self.too_large(what, f"more than {_bytes(cap)}")
+            yield chunk
+
+    async def read_capped(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+        """The whole body of ``resp``, at most the cap (``iter_capped``)."""
+        return b"".join([chunk async for chunk in self.iter_capped(resp, what)])
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        json: Any = None,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> BackendResponse:
+        """One exchange, body read in full (at most the cap), within ``timeout``
+        (credentials included); a 401/403 is retried once if fresh credentials could
+        help. Errors mapped."""
+        what = f"{method} {path}"
+        async with self.exchange(method, path, query=query, json=json, timeout=timeout,
+                                 headers=headers) as resp:
+            data = await self.read_capped(resp, what)
+        return BackendResponse(resp.status, resp.headers, data, self.name)
 
     async def call(self, method: str, path: str, *, ok: tuple[int, ...] = (200,),
                    json: Any = None, timeout: float | None = None) -> Any:
@@ -225,7 +295,7 @@ class Backend:
             async with self.http.get(self.url_for("/api/kernelspecs"), timeout=limit,
                                      headers=await self.credentials.headers(self.config.list_timeout),
                                      allow_redirects=False) as resp:
-                body = await resp.read()
+                body = await self.read_capped(resp, "the health probe")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self.map_error(exc, "the health probe") from None
         except CredentialError as exc:

@@ -91,6 +91,8 @@ class RefreshingToken(Credentials):
     default_lifetime = 300.0
     backoff_initial = 1.0
     backoff_max = 30.0
+    #: A token refused by a backend is refreshed at most this often (``rejected``).
+    rejection_interval = 30.0
     #: Named in errors: what failed to produce a token.
     source = "the credential source"
 
@@ -108,6 +110,9 @@ class RefreshingToken(Credentials):
         self._generation = 0
         self._closed = False
         self.refreshes = 0
+        #: The last Authorization refused by the backend that forced a refresh, and when.
+        self._rejected: str | None = None
+        self._forced_at = float("-inf")
 
     async def _fetch(self) -> tuple[str, float | None]:
         """Return (access token, expiry as epoch seconds or None)."""
@@ -145,6 +150,7 @@ class RefreshingToken(Credentials):
         self._token = None
         self._refresh_at = self._retry_at = 0.0
         self._backoff = self.backoff_initial
+        self._forced_at = float("-inf")  # a new identity's token may be refused and refreshed
 
     def _start_refresh(self) -> None:
         if self._closed:
@@ -201,12 +207,22 @@ class RefreshingToken(Credentials):
         self.refreshes += 1
 
     def rejected(self, headers: Mapping[str, str]) -> bool:
+        """A 401/403 for ``headers``: retry if a newer token is (or is being) had;
+        force a refresh at most once per token, and not within ``rejection_interval``
+        of the last forced one (a source that issues a new token on every run, or a
+        backend that refuses this identity whatever the token, must not run the
+        source on every request). Otherwise the backend's answer is handed on."""
         used = headers.get("Authorization", "")
-        if self._token is not None and used == f"Bearer {self._token}":
-            # Only the first request to see the old token rejected forces a refresh;
-            # the others just retry with whatever is current by then.
-            self._token = None
-            self._refresh_at = 0.0
+        if self._token is None:
+            return True  # a refresh is due anyway (rejected, or the identity changed): one for all
+        if used != f"Bearer {self._token}":
+            return True  # refreshed since this request took its token
+        now = time.monotonic()
+        if used == self._rejected or now - self._forced_at < self.rejection_interval:
+            return False
+        self._rejected, self._forced_at = used, now
+        self._token = None
+        self._refresh_at = 0.0
         return True
 
     def state(self) -> dict[str, object]:

@@ -16,7 +16,13 @@ It owns what merged answers have in common (SPEC §4):
   listing that completed less than ``window`` seconds ago is answered again (any
   change made through the mixer ends that at once, so a client sees its own changes;
   a change made behind the mixer's back shows up at most ``window`` later);
-* a backend whose listings fail is logged once per change, not per request.
+* a backend whose listings fail is logged once per change, not per request;
+* what is retained is bounded: one last-known answer per listing (a fixed set of
+  names) and backend, each an answer within the backend's answer cap
+  (``--max-backend-answer``; a larger one is a failure and never retained) and of at
+  most ``max_retained`` entries (a larger answer is served but not kept: that backend
+  then has no last-known entries to stand in for it); ``amend`` never grows them past
+  that either.
 """
 
 from __future__ import annotations
@@ -66,7 +72,18 @@ def _retryable(exc: MixerError) -> bool:
     return isinstance(exc, BackendError) and not isinstance(exc, (BackendTimeout, BackendUnavailable))
 
 
+def _entries(value: Any) -> int:
+    """How many entries a listing's value holds (a list, or a view that has a length)."""
+    try:
+        return len(value)
+    except TypeError:
+        return 0
+
+
 class FanOut:
+    #: Most entries one backend's last-known answer to one listing may keep.
+    max_retained = 10_000
+
     def __init__(self, backends: Sequence[Backend], *, retention: float,
                  window: float = 0.0) -> None:
         self.backends = list(backends)
@@ -145,7 +162,9 @@ class FanOut:
         for answer in answers:
             key = (name, answer.backend.name)
             if answer.ok:
-                if self._amended.get(key, 0.0) < started:  # else it predates what amend knows
+                if _entries(answer.value) > self.max_retained:
+                    self._last.pop(key, None)  # served now, but too large to keep
+                elif self._amended.get(key, 0.0) < started:  # else it predates what amend knows
                     self._last[key] = (now, answer.value)
                 self._note_recovery(key)
                 out.append(answer)
@@ -194,7 +213,9 @@ class FanOut:
         self._amended[key] = time.monotonic()
         at, entries = self._last.get(key, (time.time(), []))
         kept = [e for e in entries if e.get("id") not in (remove, add and add.get("id"))]
-        self._last[key] = (at, [*kept, add] if add is not None else kept)
+        if add is not None and len(kept) < self.max_retained:
+            kept.append(add)
+        self._last[key] = (at, kept)
 
 
 def merged(answers: Sequence[Answer[list[T]]]) -> list[T]:

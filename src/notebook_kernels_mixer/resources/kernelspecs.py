@@ -10,21 +10,58 @@ this answer but filled in as soon as its (still running) fetch completes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from notebook_kernels_mixer.backends import Backend
-from notebook_kernels_mixer.errors import BackendError, NotFound
-from notebook_kernels_mixer.resources.common import json_response, passthrough
+from notebook_kernels_mixer.backends import Backend, BackendResponse
+from notebook_kernels_mixer.errors import SANDBOX_HEADERS, BackendError, NotFound
+from notebook_kernels_mixer.resources.common import BACKEND_HEADER, json_response
 from notebook_kernels_mixer.resources.fanout import all_failed
 from notebook_kernels_mixer.resources.naming import checked_resource_path, prefixed
 from notebook_kernels_mixer.resources.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+#: The type a kernelspec resource is served with, by the extension of its name; never
+#: the backend's (a remote must not choose what the mixer's origin serves). JupyterLab
+#: shows logo-32x32.png, logo-64x64.png and logo-svg.svg. An SVG is a document that
+#: can hold scripts: the sandbox CSP (``SANDBOX_HEADERS``) keeps them from running if
+#: it is opened as a page. kernel.js (classic notebook extensions) and CSS are text:
+#: shown, never run or applied from the mixer's origin (nosniff makes browsers refuse
+#: them as scripts and stylesheets).
+RESOURCE_TYPES = {
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".gif": "image/gif",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".ico": "image/x-icon",
+    ".webp": "image/webp",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".js": "text/plain; charset=utf-8",
+    ".css": "text/plain; charset=utf-8",
+}
+#: Validators the backend may give a resource (caching); nothing else of its head.
+_RESOURCE_HEADERS = ("ETag", "Last-Modified", "Cache-Control")
+
+
+def resource_headers(path: str) -> dict[str, str]:
+    """The type (and disposition) a kernelspec resource called ``path`` is served with:
+    an allowed type by its extension, else a download (``application/octet-stream``)."""
+    name = posixpath.basename(path)
+    kind = RESOURCE_TYPES.get(posixpath.splitext(name)[1].lower())
+    if kind is not None:
+        return {"Content-Type": kind}
+    return {"Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{name}"'}
 
 
 # -- pure translation -----------------------------------------------------------------
@@ -54,6 +91,9 @@ class BackendSpecs:
 
     specs: dict[str, dict[str, Any]]
     default: str | None
+
+    def __len__(self) -> int:
+        return len(self.specs)
 
 
 def translate_specs(answer: Any, backend: str, suffix: str) -> BackendSpecs:
@@ -187,8 +227,35 @@ class KernelspecsHandlers:
             raise BackendError(backend.name, "answered something that is not a kernelspec")
         return json_response(model, backend=backend.name)
 
-    async def resource(self, request: web.Request) -> web.Response:
+    async def resource(self, request: web.Request) -> web.StreamResponse:
+        """A kernelspec resource, streamed (never held whole) within the backend's
+        answer cap, with a type chosen by its extension and the sandbox headers. An
+        error answer is handed on as the backend's error (sandboxed too)."""
         backend, bare = self.registry.spec_backend(request.match_info["name"])
         path = checked_resource_path(request.match_info["resource"])
         checked_resource_path(bare)
-        return passthrough(await backend.request("GET", f"/kernelspecs/{bare}/{path}"))
+        what = f"GET /kernelspecs/{bare}/{path}"
+        async with backend.exchange("GET", f"/kernelspecs/{bare}/{path}") as resp:
+            if resp.status != 200:
+                body = await backend.read_capped(resp, what)
+                raise BackendResponse(resp.status, resp.headers, body, backend.name).error()
+            chunks = backend.iter_capped(resp, what)
+            async with contextlib.aclosing(chunks):
+                # Over the cap by its Content-Length: a 502 before any of it is sent.
+                first = await anext(chunks, b"")
+                headers = {name: resp.headers[name] for name in _RESOURCE_HEADERS
+                           if name in resp.headers}
+                headers.update(resource_headers(path))
+                headers.update(SANDBOX_HEADERS)
+                headers[BACKEND_HEADER] = backend.name
+                answer = web.StreamResponse(status=200, headers=headers)
+                if resp.content_length is not None:
+                    answer.content_length = resp.content_length
+                await answer.prepare(request)
+                await answer.write(first)
+                # Over the cap while streaming (chunked, or longer than it said): the
+                # client's connection is aborted (front.middlewares.errors).
+                async for chunk in chunks:
+                    await answer.write(chunk)
+        await answer.write_eof()
+        return answer
