@@ -47,7 +47,7 @@ def now() -> str:
 
 
 def _new_stats() -> dict[str, int]:
-    return {"requests": 0, "ws_connections": 0, "ws_open": 0, "ws_messages": 0}
+    return {"requests": 0, "ws_connections": 0, "ws_open": 0, "ws_messages": 0, "ws_pings": 0}
 
 
 def not_found(message: str) -> web.Response:
@@ -256,6 +256,7 @@ class FakeJupyter:
                 stats["ws_messages"] += 1
                 await ws.send_bytes(msg.data)
             elif kind is WSMsgType.PING:
+                stats["ws_pings"] += 1
                 await ws.pong(msg.data)
             elif kind is not WSMsgType.PONG:
                 return  # close, closing, closed or error

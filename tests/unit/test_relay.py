@@ -48,11 +48,14 @@ async def test_query_and_subprotocol_pass_through(fakes, mixer) -> None:
 
 
 async def test_pings_are_relayed_to_the_backend(fakes, mixer) -> None:
-    _, m, url = await setup(fakes, mixer)
+    local, m, url = await setup(fakes, mixer)
     async with m.session.ws_connect(url, headers={"token": TOKEN}, autoping=False) as ws:
         await ws.ping(b"are you there")
         msg = await ws.receive(timeout=5)
         assert msg.type is WSMsgType.PONG and msg.data == b"are you there"
+    # the backend got the ping and answered it (a mixer that answered pings itself
+    # would send the same pong, but the backend would see none)
+    assert local.stats["ws_pings"] == 1
 
 
 async def test_backend_close_code_reaches_client(fakes, mixer) -> None:
