@@ -1,5 +1,8 @@
 """Routing of kernels and sessions to their owners, and the cross-backend switch."""
 
+from aiohttp import web
+
+from tests.fakes import FakeJupyter
 from tests.unit.conftest import Mixer
 
 
@@ -159,24 +162,56 @@ async def test_backend_comes_back(fakes, mixer) -> None:
 
 
 async def test_listing_older_than_a_move_does_not_undo_it(fakes, mixer) -> None:
-    # JupyterLab polls /api/sessions while the user switches kernels (issue 5 soak).
+    # JupyterLab polls /api/sessions while the user switches kernels (issue 5 soak). The
+    # race is made, not hoped for: local's answer to the listing is taken (the session
+    # still on local) and held until the move has completed, then delivered.
     import asyncio
 
-    local, remote, m = await two(fakes, mixer)
-    status, s = await m.call("POST", "/api/sessions",
-                             json={"path": "a.ipynb", "kernel": {"name": "local-python3"}})
-    local.delay = 0.3  # the listing's answer from local is taken before the move deletes
-    listing = asyncio.ensure_future(m.call("GET", "/api/sessions"))
-    await asyncio.sleep(0.05)
-    local.delay = 0.0
-    status, moved = await m.call("PATCH", f"/api/sessions/{s['id']}",
-                                 json={"kernel": {"name": "remote-python3"}})
-    assert status == 200 and moved["kernel"]["name"] == "remote-python3"
-    status, listed = await listing
-    assert status == 200
-    assert [x["id"] for x in listed].count(s["id"]) <= 1
-    status, got = await m.call("GET", f"/api/sessions/{s['id']}")
-    assert status == 200 and got["kernel"]["name"] == "remote-python3"
+    class HeldListing(FakeJupyter):
+        """Takes its first sessions listing at once and answers it when released."""
+
+        taken: asyncio.Event
+        release: asyncio.Event
+        snapshot: list
+
+        async def list_sessions(self, request):
+            if self.release.is_set():
+                return await super().list_sessions(request)
+            self.snapshot = [dict(x) for x in self.sessions.values()]
+            self.taken.set()
+            await asyncio.wait_for(self.release.wait(), 30)
+            return web.json_response(self.snapshot)
+
+    local = HeldListing("local")
+    local.taken, local.release, local.snapshot = asyncio.Event(), asyncio.Event(), []
+    await local.start()
+    try:
+        remote = await fakes("remote")
+        # a listing timeout far beyond the test: the held answer is waited for, not replaced
+        m = await mixer([("local", local), ("remote", remote)], list_timeout=60.0)
+        status, s = await m.call("POST", "/api/sessions",
+                                 json={"path": "a.ipynb", "kernel": {"name": "local-python3"}})
+        assert status == 201
+        listing = asyncio.ensure_future(m.call("GET", "/api/sessions"))
+        await asyncio.wait_for(local.taken.wait(), 10)
+        assert [x["id"] for x in local.snapshot] == [s["id"]]  # the old answer has it on local
+        status, moved = await m.call("PATCH", f"/api/sessions/{s['id']}",
+                                     json={"kernel": {"name": "remote-python3"}})
+        assert status == 200 and moved["kernel"]["name"] == "remote-python3"
+        assert not listing.done()  # the race: the listing is still waiting for local
+        local.release.set()
+        status, listed = await asyncio.wait_for(listing, 10)
+        assert status == 200
+        # the stale copy on local is left out (it would move the notebook back)
+        assert [x["kernel"]["name"] for x in listed if x["id"] == s["id"]] in ([], ["remote-python3"])
+        status, got = await m.call("GET", f"/api/sessions/{s['id']}")
+        assert status == 200 and got["kernel"]["name"] == "remote-python3"
+        status, listed = await m.call("GET", "/api/sessions")
+        assert status == 200
+        assert [(x["id"], x["kernel"]["name"]) for x in listed] == [(s["id"], "remote-python3")]
+    finally:
+        local.release.set()
+        await local.stop()
 
 
 async def test_move_keeps_empty_fields_and_null_kernel_is_400(fakes, mixer) -> None:
