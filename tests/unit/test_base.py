@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.fakes import FakeJupyter
+from tests.flood import Flood
 from tests.unit.conftest import Mixer
 
 CAP = 1024 * 1024  # the cap of these tests: 1 MiB
@@ -20,52 +19,10 @@ HUGE = 128 * CAP  # what the hostile backend would send: 128 MiB
 #: What may be on its way when the mixer stops reading: the socket buffers of both
 #: ends (a few MiB on loopback) and aiohttp's read buffer. Far below ``HUGE``.
 SLACK = 32 * CAP
-CHUNK = b"x" * 65536
-
-
-class Flood(FakeJupyter):
-    """A fake whose spec ``huge`` answers ``HUGE`` bytes: its kernelspec model
-    chunked, its resources with a Content-Length (``big.png``) or chunked
-    (``chunked.png``). ``sent`` counts the bytes its writes actually handed to the
-    socket before the mixer closed the connection; ``closed`` tells each stopped."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name, specs=("python3", "huge"))
-        self.sent: list[int] = []
-        self.closed = 0
-
-    async def _flood(self, request: web.Request, *, length: bool, content_type: str) -> web.StreamResponse:
-        answer = web.StreamResponse(headers={"Content-Type": content_type})
-        if length:
-            answer.content_length = HUGE
-        await answer.prepare(request)
-        sent = 0
-        try:
-            while sent < HUGE:  # bounded: HUGE / 64 KiB writes
-                await answer.write(CHUNK)
-                sent += len(CHUNK)
-            await answer.write_eof()
-        except (ConnectionError, RuntimeError):
-            self.closed += 1
-        finally:
-            self.sent.append(sent)
-        return answer
-
-    async def kernelspec(self, request: web.Request) -> web.StreamResponse:
-        if request.match_info["name"] != "huge":
-            return await super().kernelspec(request)
-        return await self._flood(request, length=False, content_type="application/json")
-
-    async def resource(self, request: web.Request) -> web.StreamResponse:
-        if request.match_info["name"] != "huge":
-            return await super().resource(request)
-        chunked = request.match_info["res"].startswith("chunked")
-        return await self._flood(request, length=not chunked, content_type="image/png")
-
 
 @pytest.fixture
 async def flood() -> AsyncIterator[Flood]:
-    fake = await Flood("remote").start()
+    fake = await Flood("remote", HUGE).start()
     yield fake
     await fake.stop()
 
