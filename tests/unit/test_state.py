@@ -4,6 +4,7 @@ the disk, kill -9, corrupt files, the single-owner lock and schema migration."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -14,11 +15,13 @@ import textwrap
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from notebook_kernels_mixer import state
 from notebook_kernels_mixer.state import KeptSession, StateError, StateStore, default_state_path
+from tests.tiny_fs import fill, tiny_filesystem
 
 REPO = Path(__file__).resolve().parents[2]
 KEPT = KeptSession(
@@ -347,3 +350,261 @@ async def test_unusable_location_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StateError, match=r"--state-file") as raised:
         await StateStore.open(str(blocker / "s.sqlite"))  # its directory is a file
     assert str(blocker / "s.sqlite") in str(raised.value)
+
+
+# -- a writer that nothing stops (issue 16 item 3) -------------------------------------------
+BAD_PATH = "\udcff.ipynb"  # stdlib json decodes "\udcff" into this; UTF-8 cannot hold it
+
+
+async def test_writer_survives_a_value_sqlite_cannot_hold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=state.__name__)
+    path = tmp_path / "s.sqlite"
+    async with opened(path) as store:
+        store.put_kernel("k1", "local")
+        # past the checks of put_kept (a last resort: callers check values first)
+        store._queue("kept", "bad", ("bad", "gw", BAD_PATH, "n", "notebook", "k1"))
+        with pytest.raises(StateError, match="UnicodeEncodeError"):
+            await store.flush()
+        store.put_kept(KEPT)  # later changes are still written
+        await store.flush()
+        status = store.status()
+        assert status["durable"] and status["dropped_changes"] == 1, status
+        assert "UnicodeEncodeError" in str(status["last_error"]) and status["problem"] is None
+    assert await contents(path) == ({"k1": "local"}, {}, {"s1": KEPT})
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("dropped" in m and "kept" in m for m in errors), errors
+    assert not any("\udcff" in m or "ipynb" in m for m in errors), errors  # never a value
+
+
+async def test_writer_survives_an_unexpected_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.sqlite"
+    async with opened(path) as store:
+        real = store._commit
+        failures = iter([RuntimeError("a bug")])
+
+        def commit(batch: state.Batch, seq: int) -> Exception | None:
+            for failure in failures:
+                raise failure
+            return real(batch, seq)
+
+        monkeypatch.setattr(store, "_commit", commit)
+        store.put_kernel("k1", "local")
+        with pytest.raises(StateError, match="RuntimeError"):
+            await store.flush()
+        assert "RuntimeError" in str(store.status()["problem"])
+        await store.flush()  # the failed change was kept and retried
+        store.put_kernel("k2", "local")
+        await store.flush()
+        assert store.status()["problem"] is None
+    assert (await contents(path))[0] == {"k1": "local", "k2": "local"}
+
+
+@pytest.mark.parametrize("kind", ["lone-surrogate", "too-long", "not-a-string"])
+async def test_values_the_file_cannot_hold_are_refused_at_once(tmp_path: Path, kind: str) -> None:
+    value = {"lone-surrogate": BAD_PATH, "too-long": "x" * 4097, "not-a-string": 7}[kind]
+    async with opened(tmp_path / "s.sqlite") as store:
+        with pytest.raises(ValueError, match="UTF-8"):
+            store.put_kept(KeptSession("s1", "gw", value, "n", "notebook", "k1"))  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            store.put_kernel(value, "local")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            store.put_session("c1", "local", value)  # type: ignore[arg-type]
+        assert (dict(store.kernels), dict(store.sessions), dict(store.kept)) == ({}, {}, {})
+        assert store.unflushed == 0
+    assert state.storable("é" * state.MAX_VALUE_CHARS) and state.storable("\U0001F600.ipynb")
+
+
+# -- bounded waits and a failing disk (issue 16 item 4) ---------------------------------------
+async def test_flush_waits_a_bounded_time(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    async with opened(path) as store:
+        with write_locked(path):
+            store.put_kernel("k1", "local")
+            with pytest.raises(StateError, match=r"not written to the state file .* within 0.1 s"):
+                await store.flush(timeout=0.1)
+            # a write the disk refused fails its waiters, without waiting for the timeout
+            with pytest.raises(StateError, match="database is locked"):
+                await store.flush(timeout=600)
+            assert "database is locked" in str(store.status()["problem"])
+        await store.flush()
+        assert store.status()["problem"] is None and store.status()["last_error"]
+    assert (await contents(path))[0] == {"k1": "local"}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlite3.OperationalError("disk I/O error"),
+        sqlite3.OperationalError("database or disk is full"),
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EIO, "Input/output error"),
+    ],
+    ids=["disk-io-error", "disk-full", "ENOSPC", "EIO"],
+)
+async def test_io_error_at_start_keeps_the_file(
+    error: Exception, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.sqlite"
+    async with opened(path) as store:
+        store.put_kept(KEPT)
+    original = path.read_bytes()
+    connect, errors = state._connect, iter([error])
+
+    def failing_once(name: str) -> Any:
+        for failure in errors:
+            raise failure
+        return connect(name)
+
+    monkeypatch.setattr(state, "_connect", failing_once)
+    with pytest.raises(StateError) as refused:
+        await StateStore.open(str(path))
+    assert path.read_bytes() == original and not [n for n in os.listdir(tmp_path) if ".corrupt-" in n]
+    assert str(path) in str(refused.value) and "left as it is" in str(refused.value)
+    assert ":memory:" in str(refused.value)
+    assert (await contents(path))[2] == {"s1": KEPT}
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Iterator[Path]:
+    with tiny_filesystem(tmp_path / "fs") as where:
+        yield where
+
+
+async def test_full_disk_at_start_keeps_the_file(tiny_dir: Path) -> None:
+    path = tiny_dir / "state" / "s.sqlite"
+    async with opened(path) as store:
+        store.put_kept(KEPT)
+    original = path.read_bytes()
+    filler = fill(tiny_dir)
+    with pytest.raises(StateError) as refused:
+        await StateStore.open(str(path))
+    assert path.read_bytes() == original and not [n for n in os.listdir(path.parent) if ".corrupt-" in n]
+    assert "disk" in str(refused.value) and "left as it is" in str(refused.value)
+    filler.unlink()
+    assert (await contents(path))[2] == {"s1": KEPT}
+
+
+async def test_full_disk_while_running_fails_waiters_and_recovers(tiny_dir: Path) -> None:
+    path = tiny_dir / "state" / "s.sqlite"
+    async with opened(path) as store:
+        store.put_kernel("k0", "local")
+        await store.flush()
+        filler = fill(tiny_dir)
+        for i in range(200):  # enough to need new pages in the WAL
+            store.put_kept(KeptSession(f"s{i}", "gw", "p" * 1000, "n", "notebook", f"k{i}"))
+        with pytest.raises(StateError, match=r"disk is full|disk I/O error"):
+            await store.flush(timeout=60)
+        assert "full" in str(store.status()["problem"]) or "I/O" in str(store.status()["problem"])
+        filler.unlink()
+        await store.flush(timeout=60)  # retried once there is room again
+        assert store.status()["problem"] is None
+    assert len((await contents(path))[2]) == 200
+
+
+# -- every file 0600 whatever the umask (issue 16 item 4) -------------------------------------
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(directory: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+
+
+async def test_every_state_file_is_0600(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "s.sqlite"
+    path.write_text("this is not a database\n")  # moved aside, replaced
+    path.chmod(0o644)
+    async with opened(path) as store:
+        store.put_kernel("k1", "local")
+        await store.flush()
+        names = modes(tmp_path)
+        assert {"s.sqlite", "s.sqlite-wal", "s.sqlite-shm", "s.sqlite.lock"} <= set(names)
+        assert len([n for n in names if ".corrupt-" in n]) == 1
+        assert set(names.values()) == {0o600}, names
+    existing = tmp_path / "old.sqlite"  # a file and WAL an older mixer left readable
+    async with opened(existing) as store:
+        store.put_kernel("k1", "local")
+    for name in ("old.sqlite", "old.sqlite.lock"):
+        (tmp_path / name).chmod(0o644)
+    async with opened(existing):
+        assert {n: m for n, m in modes(tmp_path).items() if n.startswith("old")} == {
+            "old.sqlite": 0o600, "old.sqlite-wal": 0o600, "old.sqlite-shm": 0o600,
+            "old.sqlite.lock": 0o600,
+        }
+
+
+# -- links and shared directories (issue 16 item 5) -------------------------------------------
+@pytest.mark.parametrize("planted", ["s.sqlite.lock", "s.sqlite", "s.sqlite-wal"])
+async def test_symlink_planted_at_a_state_file_is_refused(planted: str, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    (state_dir / planted).symlink_to(victim)
+    with pytest.raises(StateError, match="symbolic link") as refused:
+        await StateStore.open(str(state_dir / "s.sqlite"))
+    assert str(state_dir / planted) in str(refused.value)
+    assert victim.read_text() == "precious\n" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+@pytest.mark.parametrize("how", ["other-owner", "hard-link", "fifo"])
+async def test_lock_file_not_our_own_regular_file_is_refused(how: str, tmp_path: Path) -> None:
+    lock = tmp_path / "s.sqlite.lock"
+    if how == "other-owner":
+        lock.write_text("")
+        os.chown(lock, 4242, 4242)
+    elif how == "hard-link":
+        (tmp_path / "other").write_text("precious\n")
+        os.link(tmp_path / "other", lock)
+    else:
+        os.mkfifo(lock)
+    with pytest.raises(StateError, match="not a regular file of this user's own") as refused:
+        await StateStore.open(str(tmp_path / "s.sqlite"))
+    assert str(lock) in str(refused.value)
+    if how == "hard-link":
+        assert (tmp_path / "other").read_text() == "precious\n"
+
+
+async def test_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(StateError, match=r"writable by other users \(mode 0777") as refused:
+        await StateStore.open(str(shared / "s.sqlite"))
+    assert str(shared) in str(refused.value) and "chmod go-w" in str(refused.value)
+    assert os.listdir(shared) == []
+    shared.chmod(0o775)  # group-writable: refused too
+    with pytest.raises(StateError, match="writable by other users"):
+        await StateStore.open(str(shared / "s.sqlite"))
+
+
+async def test_sticky_directory_is_accepted_with_our_own_files(tmp_path: Path) -> None:
+    sticky = tmp_path / "tmp-like"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    async with opened(sticky / "s.sqlite") as store:
+        store.put_kept(KEPT)
+    assert (await contents(sticky / "s.sqlite"))[2] == {"s1": KEPT}
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # a file there of another user's
+        os.chown(sticky / "s.sqlite", 4242, 4242)
+        with pytest.raises(StateError, match="not a regular file of this user's own"):
+            await StateStore.open(str(sticky / "s.sqlite"))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+async def test_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 4242, 4242)
+    with pytest.raises(StateError, match="belongs to another user"):
+        await StateStore.open(str(theirs / "s.sqlite"))
