@@ -123,9 +123,12 @@ async def run_editor_client(mixer: Mixer) -> dict[str, Any]:
 
 
 async def test_jupyterlab_services_client_runs_local_and_remote_kernels(
-    editor_mixer: Mixer, token_remote: JupyterServer, remote_token: str,
-    http: aiohttp.ClientSession,
+    editor_mixer: Mixer, local_server: JupyterServer, token_remote: JupyterServer,
+    remote_token: str, http: aiohttp.ClientSession,
 ) -> None:
+    local = ApiClient(http, local_server.url, auth=local_server.auth, name="local")
+    remote = ApiClient(http, token_remote.url, auth=token_remote.auth, name="editor-remote")
+    before = {b.name: await b.kernel_ids() for b in (local, remote)}
     report = await run_editor_client(editor_mixer)
     print("editor client report:", json.dumps({k: v for k, v in report.items() if k != "requests"}))
 
@@ -133,7 +136,9 @@ async def test_jupyterlab_services_client_runs_local_and_remote_kernels(
     assert report["ranAt"] == {"first": "local", "afterChange": "remote", "afterChangeBack": "local"}
     assert report["listedKernelAfterChange"] == "remote-python3"
     assert report["interruptMs"] < 30_000
-    assert not report["sessionListedAfterShutdown"] and not report["kernelListedAfterShutdown"]
+    assert len(set(report["kernelIds"])) == 3, report["kernelIds"]  # local, remote, local again
+    assert not report["sessionListedAfterShutdown"]
+    assert report["kernelsListedAfterShutdown"] == []  # the mixer's kernels listing
 
     # As the library does in Node: the token in every REST call and websocket URL, no
     # XSRF cookie or header; the unsafe calls (start, PATCH, interrupt, restart,
@@ -150,8 +155,12 @@ async def test_jupyterlab_services_client_runs_local_and_remote_kernels(
     # hands the backends' choice back, local and remote alike.
     assert {s["protocol"] for s in sockets} == {KERNEL_PROTOCOL}, sockets
 
-    remote = ApiClient(http, token_remote.url, auth=token_remote.auth, name="editor-remote")
     assert report["sessionId"] not in {s["id"] for s in await remote.sessions()}
+    # and on the backends themselves: no kernel the run started is left running there
+    # (neither the session's nor any other, listed in a session or not)
+    for backend in (local, remote):
+        left = await backend.kernel_ids() - before[backend.name]
+        assert not left, f"{backend.name} still runs {left} (the session's: {report['kernelIds']})"
 
     log = editor_mixer.log_text()
     assert "-> 201" in log and "/channels" in log  # the --log-all-* flags worked

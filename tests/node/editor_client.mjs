@@ -14,7 +14,7 @@ import { format } from 'node:util';
 import services from '@jupyterlab/services';
 import WebSocket from 'ws';
 
-const { KernelManager, KernelSpecAPI, ServerConnection, SessionAPI, SessionManager } = services;
+const { KernelAPI, KernelManager, KernelSpecAPI, ServerConnection, SessionAPI, SessionManager } = services;
 
 const BASE_URL = process.env.MIXER_URL;
 const TOKEN = process.env.MIXER_TOKEN;
@@ -166,12 +166,14 @@ async function main() {
     'start session'
   );
   report.sessionId = session.id;
+  report.kernelIds = [session.kernel.id]; // every kernel the session ran on
   report.ranAt = { first: await whereRuns(session) };
 
   step('change the kernel to remote-python3');
   await withTimeout(session.changeKernel({ name: 'remote-python3' }), 'change to remote');
   assert.equal(session.id, report.sessionId, 'the session id changed');
   assert.equal(session.kernel.name, 'remote-python3');
+  report.kernelIds.push(session.kernel.id);
   report.ranAt.afterChange = await whereRuns(session);
   const listed = await SessionAPI.getSessionModel(report.sessionId, serverSettings);
   report.listedKernelAfterChange = listed.kernel.name;
@@ -185,14 +187,17 @@ async function main() {
   step('change back to local-python3');
   await withTimeout(session.changeKernel({ name: 'local-python3' }), 'change to local');
   assert.equal(session.id, report.sessionId, 'the session id changed');
+  report.kernelIds.push(session.kernel.id);
   report.ranAt.afterChangeBack = await whereRuns(session);
 
   step('shut the session down');
-  const lastKernel = session.kernel.id;
   await withTimeout(session.shutdown(), 'shutdown');
   const running = await SessionAPI.listRunning(serverSettings);
   report.sessionListedAfterShutdown = running.some(s => s.id === report.sessionId);
-  report.kernelListedAfterShutdown = running.some(s => s.kernel && s.kernel.id === lastKernel);
+  // the kernels listing, not the sessions one: a kernel left running without its
+  // session is listed only there
+  const kernels = await KernelAPI.listRunning(serverSettings);
+  report.kernelsListedAfterShutdown = kernels.map(k => k.id).filter(id => report.kernelIds.includes(id));
 
   sessionManager.dispose();
   kernelManager.dispose();
