@@ -316,9 +316,6 @@ def test_parse_expiry() -> None:
 
 async def test_mixer_uses_gcloud_once_for_many_requests(gcloud: StandIn, fakes, mixer, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{gcloud.dir}:{os.environ['PATH']}")
-    # Two refused tokens in quick succession below; the rate limit of the refreshes a
-    # refusal forces has tests of its own.
-    monkeypatch.setattr(GcloudToken, "rejection_interval", 0.0)
     remote = await fakes("remote", token="token-1")
     local = await fakes("local")
     m: Mixer = await mixer(
@@ -364,6 +361,18 @@ async def test_a_refusal_soon_after_a_forced_refresh_forces_none(gcloud: StandIn
         gcloud.token.write_text(f"token-new-{i}")
         source.rejected(headers)
     assert gcloud.run_count == 2
+
+
+async def test_a_token_that_was_taken_is_refreshed_when_refused_later(gcloud: StandIn) -> None:
+    """Rotations in quick succession (each new token worked before the next one)."""
+    source = source_for(gcloud)
+    for i in range(3):
+        headers = await source.headers()
+        source.accepted(headers)
+        gcloud.token.write_text(f"token-rotated-{i}")
+        assert source.rejected(headers) is True
+        assert await source.token() == f"token-rotated-{i}"
+    assert gcloud.run_count == 4
 
 
 async def test_a_backend_refusing_every_token_runs_gcloud_at_most_twice(

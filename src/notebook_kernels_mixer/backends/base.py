@@ -192,9 +192,12 @@ class Backend:
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 raise self.failed(exc, what) from None
-            if resp.status in (401, 403) and attempt == 1 and self.credentials.rejected(auth):
-                resp.close()
-                continue
+            if resp.status in (401, 403):
+                if attempt == 1 and self.credentials.rejected(auth):
+                    resp.close()
+                    continue
+            else:
+                self.credentials.accepted(auth)
             if resp.status == 503:
                 self.health.failure(BackendUnavailable(self.name, f"{what}: HTTP 503"))
             elif resp.status < 500:
@@ -292,14 +295,16 @@ class Backend:
         started = time.perf_counter()
         limit = aiohttp.ClientTimeout(total=self.config.list_timeout)
         try:
+            auth = await self.credentials.headers(self.config.list_timeout)
             async with self.http.get(self.url_for("/api/kernelspecs"), timeout=limit,
-                                     headers=await self.credentials.headers(self.config.list_timeout),
-                                     allow_redirects=False) as resp:
+                                     headers=auth, allow_redirects=False) as resp:
                 body = await self.read_capped(resp, "the health probe")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self.map_error(exc, "the health probe") from None
         except CredentialError as exc:
             raise BackendUnavailable(self.name, str(exc)) from None
+        if resp.status not in (401, 403):
+            self.credentials.accepted(auth)
         if resp.status >= 500:
             raise BackendError(self.name, f"answered the health probe with HTTP {resp.status}")
         if resp.status == 200:

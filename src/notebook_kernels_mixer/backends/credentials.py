@@ -50,6 +50,9 @@ class Credentials:
         fresh credentials could help."""
         return False
 
+    def accepted(self, headers: Mapping[str, str]) -> None:
+        """The backend answered ``headers`` with something other than 401/403."""
+
     def state(self) -> dict[str, object]:
         return {"kind": self.kind, "ok": True}
 
@@ -91,7 +94,8 @@ class RefreshingToken(Credentials):
     default_lifetime = 300.0
     backoff_initial = 1.0
     backoff_max = 30.0
-    #: A token refused by a backend is refreshed at most this often (``rejected``).
+    #: A token that a refusal made us fetch, refused in turn before any backend took
+    #: it, forces no other refresh for this long (``rejected``).
     rejection_interval = 30.0
     #: Named in errors: what failed to produce a token.
     source = "the credential source"
@@ -110,9 +114,13 @@ class RefreshingToken(Credentials):
         self._generation = 0
         self._closed = False
         self.refreshes = 0
-        #: The last Authorization refused by the backend that forced a refresh, and when.
+        #: The last Authorization whose refusal forced a refresh, and when (``rejected``).
         self._rejected: str | None = None
         self._forced_at = float("-inf")
+        #: A refresh forced by a refusal is under way; the token it gives is unproven
+        #: (no backend took it yet) until ``accepted``.
+        self._forcing = False
+        self._unproven: str | None = None
 
     async def _fetch(self) -> tuple[str, float | None]:
         """Return (access token, expiry as epoch seconds or None)."""
@@ -150,7 +158,7 @@ class RefreshingToken(Credentials):
         self._token = None
         self._refresh_at = self._retry_at = 0.0
         self._backoff = self.backoff_initial
-        self._forced_at = float("-inf")  # a new identity's token may be refused and refreshed
+        self._forcing, self._unproven = False, None  # a new identity: no refusal counts
 
     def _start_refresh(self) -> None:
         if self._closed:
@@ -205,25 +213,34 @@ class RefreshingToken(Credentials):
         self._error = None
         self._backoff = self.backoff_initial
         self.refreshes += 1
+        if self._forcing:
+            self._forcing, self._unproven = False, f"Bearer {token}"
 
     def rejected(self, headers: Mapping[str, str]) -> bool:
         """A 401/403 for ``headers``: retry if a newer token is (or is being) had;
-        force a refresh at most once per token, and not within ``rejection_interval``
-        of the last forced one (a source that issues a new token on every run, or a
-        backend that refuses this identity whatever the token, must not run the
-        source on every request). Otherwise the backend's answer is handed on."""
+        else force a refresh, at most once per token, and not for a token that such a
+        refresh gave moments ago and no backend has taken since (a source that issues
+        a new token on every run, behind a backend that refuses this identity whatever
+        the token, must not run on every request). Otherwise (False) the backend's
+        answer is handed on."""
         used = headers.get("Authorization", "")
         if self._token is None:
-            return True  # a refresh is due anyway (rejected, or the identity changed): one for all
+            return True  # a refresh is due anyway (refused, or a new identity): one for all
         if used != f"Bearer {self._token}":
             return True  # refreshed since this request took its token
         now = time.monotonic()
-        if used == self._rejected or now - self._forced_at < self.rejection_interval:
-            return False
-        self._rejected, self._forced_at = used, now
+        if used == self._rejected:
+            return False  # the refresh gave the refused token back
+        if used == self._unproven and now - self._forced_at < self.rejection_interval:
+            return False  # fetched because of a refusal, refused at once: no use again
+        self._rejected, self._forced_at, self._forcing = used, now, True
         self._token = None
         self._refresh_at = 0.0
         return True
+
+    def accepted(self, headers: Mapping[str, str]) -> None:
+        if self._unproven is not None and headers.get("Authorization") == self._unproven:
+            self._unproven = None  # the forced refresh helped: a later refusal is news
 
     def state(self) -> dict[str, object]:
         now = time.time()
