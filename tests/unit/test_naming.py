@@ -4,8 +4,10 @@ from notebook_kernels_mixer.errors import BadRequest
 from notebook_kernels_mixer.resources.naming import (
     checked_id,
     checked_resource_path,
+    checked_text,
     prefixed,
     split_prefixed,
+    valid_id,
 )
 
 KNOWN = ("local", "remote", "eg_1")
@@ -33,7 +35,10 @@ def test_split_prefixed_rejects_with_400(name: object) -> None:
         split_prefixed(name, KNOWN)
 
 
-@pytest.mark.parametrize("value", ["..", ".", "a/b", "a\r\nX-Injected: 1", "", "%2F", "a b", "x" * 200])
+@pytest.mark.parametrize(
+    "value",
+    ["..", ".", "a/b", "a\r\nX-Injected: 1", "", "%2F", "a b", "x" * 200, "abc\n", "\udcff", "ké"],
+)
 def test_checked_id_rejects_path_and_header_tricks(value: str) -> None:
     with pytest.raises(BadRequest):
         checked_id(value, "kernel")
@@ -55,3 +60,16 @@ def test_resource_path_cannot_climb(path: str) -> None:
 def test_resource_path_keeps_subdirectories() -> None:
     assert checked_resource_path("logo-64x64.png") == "logo-64x64.png"
     assert checked_resource_path("static/index.js") == "static/index.js"
+
+
+@pytest.mark.parametrize("value", ["\udcff.ipynb", "a" * 4097, 3, None])
+def test_checked_text_refuses_what_the_state_cannot_keep(value: object) -> None:
+    with pytest.raises(BadRequest) as refused:
+        checked_text(value, "session path")
+    assert "session path" in refused.value.message and "\udcff" not in refused.value.message
+    assert not valid_id(value)
+
+
+def test_checked_text_accepts_unicode_paths() -> None:
+    checked_text("données/ノート 😀.ipynb", "session path")
+    checked_text("a" * 4096, "session path")

@@ -7,11 +7,20 @@ The fake gateway behaves as the real ones were observed to: no ``GET /api/status
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import importlib.util
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from notebook_kernels_mixer import jsonutil
+from notebook_kernels_mixer.app import STATE
 from notebook_kernels_mixer.backends import Backend, build_backend
 from notebook_kernels_mixer.backends.credentials import Credentials
 from notebook_kernels_mixer.config import BackendConfig
@@ -189,3 +198,166 @@ async def test_auto_asks_the_backend_once() -> None:
         await backend.close()
     finally:
         await runner.cleanup()
+
+
+# -- what cannot be recorded (issue 16 item 3) -----------------------------------------------
+# A lone surrogate escape, as raw JSON bytes: stdlib json decodes it, orjson refuses it.
+SURROGATE_BODY = b'{"path": "\\udcff.ipynb", "type": "notebook", "kernel": {"name": "kg-python3"}}'
+DECODERS = ["stdlib-json"] + (["orjson"] if importlib.util.find_spec("orjson") else [])
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The mixer decodes JSON with stdlib json (the default install) or orjson."""
+    if request.param == "stdlib-json":
+        monkeypatch.setattr(jsonutil, "loads", json.loads)
+        monkeypatch.setattr(jsonutil, "JSONDecodeError", json.JSONDecodeError)
+    return str(request.param)
+
+
+def kept_on_disk(path: Path) -> dict[str, str]:
+    """id -> notebook path of the kept sessions in the state file (read-only)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT id, path FROM kept").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_a_path_that_is_not_unicode_text_is_refused_before_a_kernel_starts(
+    fakes, mixer, decoder: str, tmp_path: Path
+) -> None:
+    local = await fakes("local")
+    kg = await gateway()
+    state_file = tmp_path / "state.sqlite"
+    try:
+        m = await mixer([("local", local), ("kg", kg, {"sessions": "mixer"})], state_file=str(state_file))
+        headers = {**m.headers(), "Content-Type": "application/json"}
+        status, err = await m.call("POST", "/api/sessions", data=SURROGATE_BODY, headers=headers)
+        assert status == 400, err
+        assert "not valid JSON" in err["message"], err
+        assert not kg.kernels  # nothing started, nothing orphaned
+        # the mixer goes on: later creates work and reach the file
+        for name in ("a.ipynb", "b.ipynb"):
+            status, s = await asyncio.wait_for(
+                m.call("POST", "/api/sessions", json={**nb("kg-python3"), "path": name}), 60)
+            assert status == 201, s
+        status, listed = await m.call("GET", "/api/sessions")
+        assert sorted(x["path"] for x in listed) == ["a.ipynb", "b.ipynb"]
+        assert len(kg.kernels) == 2
+        assert sorted(kept_on_disk(state_file).values()) == ["a.ipynb", "b.ipynb"]
+        status, mixer_status = await m.call("GET", "/mixer/api/status")
+        assert mixer_status["state"]["problem"] is None and mixer_status["state"]["durable"]
+    finally:
+        await kg.stop()
+
+
+@pytest.mark.parametrize("field", ["path", "name", "type"])
+async def test_session_fields_the_state_cannot_keep_are_refused(fakes, mixer, field: str) -> None:
+    local = await fakes("local")
+    kg = await gateway()
+    try:
+        m = await mixer([("local", local), ("kg", kg, {"sessions": "mixer"})])
+        status, err = await m.call("POST", "/api/sessions", json={**nb("kg-python3"), field: "x" * 5000})
+        assert status == 400 and f"session {field}" in err["message"], err
+        assert not kg.kernels
+    finally:
+        await kg.stop()
+
+
+@contextlib.contextmanager
+def disk_full(m: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The mixer's state file refuses every write, as a full disk does."""
+    store = m.app[STATE]
+    monkeypatch.setattr(store, "_write", lambda batch: sqlite3.OperationalError("database or disk is full"))
+    try:
+        yield
+    finally:
+        monkeypatch.delattr(store, "_write")
+
+
+async def test_a_kept_session_that_cannot_be_recorded_is_undone(
+    fakes, mixer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = await fakes("local")
+    kg = await gateway()
+    state_file = tmp_path / "state.sqlite"
+    try:
+        m = await mixer([("local", local), ("kg", kg, {"sessions": "mixer"})], state_file=str(state_file))
+        with disk_full(m, monkeypatch):
+            # wait_for: before the fix, this create waited for the disk for ever
+            status, err = await asyncio.wait_for(m.call("POST", "/api/sessions", json=nb("kg-python3")), 60)
+            assert status == 503, err
+            assert "could not be recorded" in err["message"] and "disk is full" in err["message"], err
+            assert "shut down" in err["message"] and not kg.kernels  # no orphan kernel
+            status, listed = await m.call("GET", "/api/sessions")
+            assert status == 200 and listed == []
+            status, mixer_status = await m.call("GET", "/mixer/api/status")
+            assert "disk is full" in mixer_status["state"]["problem"], mixer_status["state"]
+        status, s = await asyncio.wait_for(m.call("POST", "/api/sessions", json=nb("kg-python3")), 60)
+        assert status == 201, s
+        assert kept_on_disk(state_file) == {s["id"]: "work/nb.ipynb"}
+        assert list(kg.kernels) == [s["kernel"]["id"]]
+
+        # a change of kernel that cannot be recorded leaves the session as it was
+        with disk_full(m, monkeypatch):
+            status, err = await asyncio.wait_for(
+                m.call("PATCH", f"/api/sessions/{s['id']}", json={"kernel": {"name": "kg-python3"}}), 60)
+            assert status == 503 and "could not be recorded" in err["message"], err
+        assert list(kg.kernels) == [s["kernel"]["id"]]  # the new one shut down, the old one kept
+        status, got = await m.call("GET", f"/api/sessions/{s['id']}")
+        assert status == 200 and got["kernel"]["id"] == s["kernel"]["id"]
+    finally:
+        await kg.stop()
+
+
+async def test_a_move_that_cannot_be_recorded_leaves_the_session_where_it_was(
+    fakes, mixer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = await fakes("local")
+    kg = await gateway()
+    try:
+        m = await mixer([("local", local), ("kg", kg, {"sessions": "mixer"})],
+                        state_file=str(tmp_path / "state.sqlite"))
+        status, s = await m.call("POST", "/api/sessions", json=nb("kg-python3"))
+        assert status == 201, s
+        with disk_full(m, monkeypatch):
+            status, err = await asyncio.wait_for(
+                m.call("PATCH", f"/api/sessions/{s['id']}", json={"kernel": {"name": "local-python3"}}), 60)
+        assert status == 503 and "stays on 'kg'" in err["message"], err
+        assert not local.kernels and not local.sessions  # its copy on local was deleted
+        assert list(kg.kernels) == [s["kernel"]["id"]]
+        status, got = await m.call("GET", f"/api/sessions/{s['id']}")
+        assert status == 200 and got["kernel"]["name"] == "kg-python3", got
+        status, moved = await m.call("PATCH", f"/api/sessions/{s['id']}",
+                                     json={"kernel": {"name": "local-python3"}})
+        assert status == 200 and moved["id"] == s["id"] and moved["kernel"]["name"] == "local-python3"
+    finally:
+        await kg.stop()
+
+
+# -- backends' listings (issue 16 item 3) ----------------------------------------------------
+async def test_sessions_listed_with_ids_the_mixer_cannot_keep_are_left_out(
+    fakes, mixer, decoder: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = await fakes("local")
+    m = await mixer([("local", local)], state_file=str(tmp_path / "state.sqlite"))
+    status, good = await m.call("POST", "/api/sessions", json=nb("local-python3"))
+    assert status == 201
+    bad_kernel = {"id": "../evil", "name": "python3"}
+    for sid, kernel in (("../x", good["kernel"]), ("y" * 200, good["kernel"]),
+                        ("s-bad-kernel", bad_kernel), ("\udcff", good["kernel"])):
+        local.sessions[sid] = {"id": sid, "path": "p", "name": "p", "type": "notebook", "kernel": kernel}
+    for _ in range(2):
+        status, listed = await m.call("GET", "/api/sessions")
+        assert status == 200, listed
+        if decoder == "orjson":
+            break  # orjson refuses the whole answer (a lone surrogate is not JSON): that is base.py's
+        assert [x["id"] for x in listed] == [good["id"], "s-bad-kernel"], listed
+    store = m.app[STATE]
+    await store.flush()
+    assert set(store.kernels) == {good["kernel"]["id"]} and "../evil" not in store.kernels
+    assert store.status()["problem"] is None
+    if decoder != "orjson":
+        warned = [r.getMessage() for r in caplog.records if "without a valid id" in r.getMessage()]
+        assert len(warned) == 1 and "'local'" in warned[0], warned  # once, not at every listing

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +24,7 @@ from notebook_kernels_mixer.resources.naming import valid_id
 log = logging.getLogger(__name__)
 
 Model = dict[str, Any]
-_warned: set[tuple[str, str]] = set()  # (backend, what): invalid entries logged once
+_warned: weakref.WeakKeyDictionary[Backend, set[str]] = weakref.WeakKeyDictionary()
 
 
 def is_model(value: Any) -> bool:
@@ -36,8 +37,9 @@ def listed_models(backend: Backend, answer: list[Any], what: str) -> list[Model]
     the whole listing: one bad entry must not hide the backend's other kernels or
     sessions (and such an id could not be routed anyway). Logged once per backend."""
     models = [m for m in answer if is_model(m)]
-    if len(models) != len(answer) and (backend.name, what) not in _warned:
-        _warned.add((backend.name, what))
+    warned = _warned.setdefault(backend, set())
+    if len(models) != len(answer) and what not in warned:
+        warned.add(what)
         log.warning("backend %r listed %d %s without a valid id (at most 128 of A-Z a-z 0-9 _ . -);"
                     " left out", backend.name, len(answer) - len(models), what)
     return models
