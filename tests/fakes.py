@@ -307,12 +307,15 @@ class FakeJupyter:
 
 
 class Blackhole:
-    """Accepts TCP connections and never answers (a hung or firewalled backend)."""
+    """Accepts TCP connections and never answers (a hung or firewalled backend).
+    ``requests``: the method and path of each request received (one per connection,
+    as no answer ever frees a connection for the next)."""
 
     def __init__(self) -> None:
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
+        self.requests: list[str] = []
 
     @property
     def url(self) -> str:
@@ -321,6 +324,10 @@ class Blackhole:
     async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         with contextlib.suppress(Exception):
+            first = await reader.readline()
+            method, _, rest = first.decode("latin-1").partition(" ")
+            if rest:
+                self.requests.append(f"{method} {rest.split(' ')[0].split('?')[0]}")
             while await reader.read(65536):  # until the client gives up
                 pass
         self._writers.discard(writer)
