@@ -14,7 +14,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 from notebook_kernels_mixer.backends import Backend
@@ -27,7 +27,7 @@ Model = dict[str, Any]
 _warned: weakref.WeakKeyDictionary[Backend, set[str]] = weakref.WeakKeyDictionary()
 
 
-def is_model(value: Any) -> bool:
+def is_model(value: Any) -> TypeGuard[Model]:
     """A kernel or session model with an id the mixer can route and keep (naming.valid_id)."""
     return isinstance(value, dict) and valid_id(value.get("id"))
 
