@@ -159,6 +159,14 @@ def _io_error(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and not str(exc).startswith("no such")
 
 
+def _contention(exc: BaseException) -> bool:
+    """Another connection holds the file (BUSY, LOCKED): soon over, unlike a full disk."""
+    code = _code(exc)
+    if code is not None:
+        return code in (5, 6)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
+
 def _retried(exc: BaseException) -> bool:
     """A failed write worth retrying as a whole: nothing a single value did."""
     if _io_error(exc):
@@ -608,7 +616,8 @@ class StateStore:
     def _round(self, delay: float) -> float:
         """Commit what is queued; the delay before the next try, or -1 to stop. A failed
         batch is retried with a growing delay (a full disk may clear); its waiters are
-        told at once, so a request need not wait for the disk to come back."""
+        told at once (unless another connection merely holds the file), so a request
+        need not wait for the disk to come back."""
         with self._cond:
             self._cond.wait_for(lambda: self._pending or self._closing)
             batch, self._pending = self._pending, {}
@@ -625,7 +634,8 @@ class StateStore:
         with self._cond:
             batch.update(self._pending)  # newer changes win over the failed ones
             self._pending = batch
-        self._settle_waiters(seq, error)
+        if not _contention(error):  # a full disk: tell the waiters now, not at their timeout
+            self._settle_waiters(seq, error)
         if closing:
             log.error("state file %s: %s; giving up: %s", self.path, _describe(error),
                       self._unflushed_message())
