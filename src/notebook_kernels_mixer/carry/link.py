@@ -17,8 +17,8 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -29,6 +29,8 @@ from notebook_kernels_mixer.errors import MixerError
 
 #: Largest message read from a kernel: a chunk plus its header, or other clients'
 #: outputs that pass by on iopub (larger ones end the link rather than the memory).
+T = TypeVar("T")
+
 MAX_MESSAGE = 32 * 1024 * 1024
 #: How long a closing handshake may take before the connection is just dropped.
 CLOSE_TIMEOUT = 1.0
@@ -43,6 +45,24 @@ def remaining(deadline: float) -> float:
     if left <= 0:
         raise asyncio.TimeoutError
     return left
+
+
+async def within(aw: Awaitable[T], deadline: float) -> T:
+    """``await aw`` until ``deadline``; past it, ``aw`` is cancelled and
+    ``asyncio.TimeoutError`` raised. Unlike ``asyncio.wait_for`` before Python 3.12, a
+    cancellation of the caller is never lost when ``aw`` completes at the same moment
+    (a carry that is cancelled must end, not run on to its budget)."""
+    task = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=remaining(deadline))
+    except (asyncio.CancelledError, asyncio.TimeoutError):
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+        raise asyncio.TimeoutError
+    return task.result()
 
 
 class _Inbox:
@@ -77,14 +97,17 @@ class KernelLink:
             raise LinkLost(f"no credentials: {exc.message}") from None
         url = backend.url_for(f"/api/kernels/{quote(kernel_id, safe='')}/channels",
                               f"session_id={session}")
+        connect = asyncio.ensure_future(backend.http.ws_connect(
+            url, headers=headers, max_msg_size=MAX_MESSAGE, autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
+        ))
         try:
-            ws = await asyncio.wait_for(
-                backend.http.ws_connect(
-                    url, headers=headers, max_msg_size=MAX_MESSAGE, autoping=True,
-                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=CLOSE_TIMEOUT),
-                ),
-                remaining(deadline),
-            )
+            ws = await within(connect, deadline)
+        except asyncio.CancelledError:
+            # connected at the moment the carry was cancelled: not left open
+            if connect.done() and not connect.cancelled() and connect.exception() is None:
+                await within(connect.result().close(), time.monotonic() + CLOSE_TIMEOUT)
+            raise
         except aiohttp.WSServerHandshakeError as exc:
             raise LinkLost(f"refused the kernel's websocket: HTTP {exc.status}") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -157,9 +180,9 @@ class KernelLink:
                             msg_id=msg_id)
         try:
             if isinstance(frame, str):
-                await asyncio.wait_for(self.ws.send_str(frame), remaining(deadline))
+                await within(self.ws.send_str(frame), deadline)
             else:
-                await asyncio.wait_for(self.ws.send_bytes(frame), remaining(deadline))
+                await within(self.ws.send_bytes(frame), deadline)
         except (aiohttp.ClientError, ConnectionError, OSError) as exc:
             self._fail(f"the websocket broke: {type(exc).__name__}: {exc}")
             raise self.failure from None  # type: ignore[misc]
@@ -204,7 +227,7 @@ class KernelLink:
             raise self.failure
         inbox.waiter = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.wait_for(inbox.waiter, remaining(deadline))
+            return await within(inbox.waiter, deadline)
         finally:
             inbox.waiter = None
 
@@ -221,4 +244,4 @@ class KernelLink:
         self._reader.cancel()
         await asyncio.wait([self._reader])
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(), CLOSE_TIMEOUT)
+            await within(self.ws.close(), time.monotonic() + CLOSE_TIMEOUT)
