@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -36,12 +35,24 @@ def test_the_mixer_config_is_written_from_data_and_reads_back(tmp_path: Path) ->
 
 
 def test_the_demo_remote_steps_aside_for_a_configured_remote(tmp_path: Path) -> None:
-    plan = plan_for(tmp_path, "--demo-remote", remotes=("remote",))
+    user = tmp_path / "user.toml"
+    user.write_text('[[backends]]\nname = "remote"\nurl = "https://gw.example.invalid/"\nauth = "none"\n')
+    args, front_args = command.parse([f"--log-dir={tmp_path}", "--demo-remote", f"--config={user}"])
+    plan = topology.make_plan(args, front_args, command.remote_names(args))
     assert plan.demo is not None and (plan.demo.name, plan.demo.suffix) == ("demo", " (Demo remote)")
-    assert plan.remote_names == ("remote",)
+    # what the mixer will read (the user's files, then the lab's): no name taken twice
+    lab_config = topology.write_mixer_config(plan)
+    env = {topology.LOCAL_TOKEN_ENV: plan.local.token, topology.DEMO_TOKEN_ENV: plan.demo.token}
+    settings = load_files([*plan.user_configs, lab_config], environ=env)
+    got = {fb.config.name: fb.config for fb in settings.backends}
+    assert list(got) == ["remote", "local", "demo"]
+    assert got["remote"].url == "https://gw.example.invalid/"
+    assert got["demo"].url == f"http://127.0.0.1:{plan.demo.port}/"
+    assert got["demo"].display_suffix == " (Demo remote)"
     assert len({s.port for s in plan.servers} | {plan.mixer_port, plan.front_port}) == 4
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        plan.remote_names = ()  # type: ignore[misc]
+    # without a configured remote the demo is the remote
+    alone = plan_for(tmp_path, "--demo-remote")
+    assert alone.demo is not None and (alone.demo.name, alone.demo.suffix) == ("remote", " (Remote)")
 
 
 @pytest.mark.parametrize(
