@@ -69,15 +69,18 @@ def _original_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "mixer-host", default="kernels.googleusercontent.com",
           help="parent host: the remote is https://{project}-dot-{region}.{host}")
     _flag(parser, "remote-url", default=None,
-          help="full URL of the remote backend (http or https); overrides project/region/host")
+          help="full URL of the remote backend (http or https); overrides project/region/host. "
+               "It is sent Google credentials (gcloud, else ADC) like the original's remote; "
+               "a server that wants its own token is declared in a --config file instead")
     _flag(parser, "jupyter-port", type=int, default=8082,
           help="port of the local Jupyter server on localhost")
     _flag(parser, "jupyter-token", default=None,
           help="token of the local Jupyter server; clients must present it to the mixer too "
-               "(header 'token', 'Authorization: token …' or ?token=)")
+               "(header 'token', 'Authorization: token …' or 'Bearer …', or ?token=)")
     _flag(parser, "external-hostname", default=None,
-          help="host users actually connect to; a websocket Origin with that host is "
-               "dropped before forwarding to a backend")
+          help="host users actually connect to: requests with that Host are answered, and a "
+               "websocket Origin with that host is admitted and dropped before forwarding "
+               "to a backend")
     _flag(parser, "gce-metadata-override-ip", default=None,
           help="metadata server address used when fetching Google credentials")
     _flag(parser, "context_request_timeout", "context-request-timeout", default="10s",
@@ -93,17 +96,20 @@ def _original_flags(parser: argparse.ArgumentParser) -> None:
 def _mixer_flags(parser: argparse.ArgumentParser) -> None:
     """Flags the original does not have."""
     _flag(parser, "list-timeout", default="2.5s",
-          help="how long a merged listing waits for one backend before using its last-known entries")
+          help="how long a merged listing waits for one backend before using its last-known "
+               "entries; at most --context_request_timeout")
     _flag(parser, "retention", default="10m",
           help="how long a backend that cannot answer still contributes its last-known "
-               "kernels and sessions to listings (clients drop what a listing omits)")
+               "kernels, sessions and kernelspecs to listings (clients drop what a listing "
+               "omits)")
     _flag(parser, "listing-window", default="500ms",
           help="a merged kernels/sessions listing this recent is answered again (many tabs "
                "polling); changes made through the mixer are seen at once; 0 turns it off")
     _flag(parser, "state-file", default=None, metavar="PATH",
           help="SQLite file of what a restart must not forget (moved sessions, sessions "
                "kept for gateways, kernel owners); default: mixer-state-PORT.sqlite in "
-               "Jupyter's runtime directory; ':memory:' keeps nothing")
+               "Jupyter's runtime directory (none with --port 0); ':memory:' keeps nothing"
+               "%(default).0s")
     _flag(parser, "max-backend-answer", type=int, default=MAX_BACKEND_ANSWER, metavar="BYTES",
           help="largest REST answer (listing, kernelspec resource, error) taken from a "
                "backend, in bytes; a larger one is answered 502")
@@ -112,12 +118,13 @@ def _mixer_flags(parser: argparse.ArgumentParser) -> None:
                "Flags given on the command line override the file (README: Config file)")
     _flag(parser, "listen", action="append", default=None, metavar="ADDRESS",
           help="address to listen on, repeatable (default: [::1] and 127.0.0.1); a "
-               "non-loopback address also needs --allow-non-loopback")
+               "non-loopback address also needs --allow-non-loopback%(default).0s")
     _flag(parser, "allow-non-loopback", action="store_true",
           help="allow --listen on addresses other than loopback: anyone who can reach "
                "them and knows the token controls your kernels (see SECURITY.md)")
     _flag(parser, "allow-origin", action="append", default=[], metavar="ORIGIN",
-          help="also admit websockets from this Origin (scheme://host[:port]), repeatable")
+          help="also admit websockets from this Origin (scheme://host[:port]), and requests "
+               "whose Host is its host; repeatable")
     _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log level")
 

@@ -32,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the token clients present to the mixer (the local Jupyter token); "
                         "default: env MIXER_TOKEN, then JUPYTER_TOKEN")
     p.add_argument("--json", action="store_true", help="print the status API's JSON as is")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for the mixer's answer (default 10)")
     return p
 
 

@@ -1,5 +1,7 @@
 """The command line of SPEC §2, compatible with the Go original."""
 
+import argparse
+
 import pytest
 
 from notebook_kernels_mixer.cli import config_from_args, mixer_parser
@@ -78,16 +80,40 @@ def test_backend_config_validation(kwargs) -> None:
         BackendConfig(**{**base, **kwargs})
 
 
-def test_help_explains_every_flag(capsys) -> None:
+def rendered_help(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's help text as ``--help`` prints it (defaults filled in)."""
+    formatter = parser._get_formatter()
+    return {a.option_strings[0]: formatter._expand_help(a) if a.help else ""
+            for a in parser._actions if a.option_strings}
+
+
+def test_help_explains_every_flag_and_names_its_default_once(capsys) -> None:
+    # A help text that names its default itself (--listen, --state-file) ends in
+    # '%(default).0s', which prints nothing: argparse would add "(default: None)".
+    parser = mixer_parser()
     with pytest.raises(SystemExit):
-        mixer_parser().parse_args(["--help"])
+        parser.parse_args(["--help"])
     out = capsys.readouterr().out
-    for flag in ("--port", "--mixer-project", "--mixer-region", "--mixer-host", "--remote-url",
-                 "--jupyter-port", "--jupyter-token", "--external-hostname",
-                 "--gce-metadata-override-ip", "--context_request_timeout",
-                 "--log-all-request-headers", "--log-all-request-responses",
-                 "--log-all-response-bodies"):
-        assert flag in out
+    helps = rendered_help(parser)
+    for action in parser._actions:
+        name = action.option_strings[0]
+        text = helps[name]
+        assert len(text) > 10, f"{name}: no help"
+        for option in action.option_strings:
+            assert option in out, option
+        assert text.lower().count("default") <= 1, f"{name} names two defaults: {text}"
+        if action.default not in (None, False, [], argparse.SUPPRESS):
+            assert f"default: {action.default}" in text, f"{name}: default not shown: {text}"
+
+
+def test_status_help_explains_every_flag() -> None:
+    from notebook_kernels_mixer.status_cli import parser
+
+    helps = rendered_help(parser())
+    assert set(helps) == {"-h", "--url", "--token", "--json", "--timeout"}
+    assert "MIXER_URL" in helps["--url"] and "http://127.0.0.1:8081/" in helps["--url"]
+    assert "MIXER_TOKEN" in helps["--token"] and "JUPYTER_TOKEN" in helps["--token"]
+    assert "default 10" in helps["--timeout"] and parser().get_default("timeout") == 10
 
 
 def test_non_loopback_listening_needs_explicit_flag() -> None:
