@@ -174,6 +174,13 @@ print(repr({REPORT}))
 """.replace("{REPORT}", REPORT_VARIABLE)
 
 
+COMMS_CELL = """
+_cm = get_ipython().kernel.comm_manager
+print([t for t in _cm.targets if "mixer" in t], len(_cm.comms))
+del _cm
+"""
+
+
 async def test_carry_moves_values_modules_and_notebook_functions_and_reports_the_unpicklable(
     kernels: Kernels,
 ) -> None:
@@ -197,10 +204,14 @@ async def test_carry_moves_values_modules_and_notebook_functions_and_reports_the
     assert where == "remote"
     assert "partial" in shown and "gen: cannot be serialized" in shown and "big (bytes, 20.0 MiB)" in shown
 
-    # Nothing of the carry is left in the source's namespace; its values are intact.
+    # Nothing of the carry is left in either kernel's comm manager, nor in the source's
+    # namespace; the source's values are intact.
     leftover = await kernels.run("local", src, "print(sorted(k for k in globals() if 'carry' in k.lower()"
                                  " or 'mixer' in k.lower()), n, len(big), next(gen))")
     assert leftover.stdout.strip() == "[] 42 20971520 0"
+    for place, kernel in (("local", src), ("remote", dst)):
+        comms = await kernels.run(place, kernel, COMMS_CELL)
+        assert comms.stdout.strip() == "[] 0", place
 
 
 async def test_a_variable_made_remotely_comes_back_and_the_old_report_stays_behind(kernels: Kernels) -> None:

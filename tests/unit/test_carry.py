@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -293,6 +294,18 @@ async def test_values_arrive_in_small_chunks_and_the_report_lands_in_the_target(
     assert shown.outcome == "partial" and shown.source == "fake" and "gen" in shown.skipped
     assert set(shown.carried) == set(report.carried_names)
     assert report.bytes == sum(c.size for c in report.carried) > 3000
+
+
+async def test_one_log_line_per_carry_with_counts_and_no_values(
+    fake: FakeKernels, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="notebook_kernels_mixer.carry")
+    source = FakeKernel({"password": "s3cr3t-value", "gen": (i for i in range(2))})
+    await carry(fake, backend, source, FakeKernel())
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("notebook_kernels_mixer.carry")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("carry fake/src -> fake/dst: partial, 1 carried, 1 skipped, ")
+    assert "s3cr3t" not in lines[0] and "password" not in lines[0]
 
 
 async def test_the_mixer_keeps_at_most_a_window_of_chunks_in_flight(

@@ -55,7 +55,7 @@ DEFAULT_CAP = 1 << 30
 #: websocket message, large enough that per-message costs do not count.
 CHUNK_SIZE = 1 << 20
 #: Chunks pulled from the source and not yet acknowledged by the target, at most.
-WINDOW = 4
+WINDOW = 8
 #: Time the report to the target kernel may take once the budget is spent.
 FINISH_SLACK = 2.0
 #: A kernel lets go of a carry's state this long after the budget, whatever the mixer does.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
@@ -84,6 +85,9 @@ class KernelLink:
         self.failure: LinkLost | None = None
         self._replies: dict[str, asyncio.Future[wire.Message]] = {}
         self._comms: dict[str, _Inbox] = {}
+        sock = ws.get_extra_info("socket")
+        self._sock = sock if sock is not None and hasattr(socket, "TCP_QUICKACK") else None
+        self._quickack()
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -115,9 +119,22 @@ class KernelLink:
         return cls(backend, kernel_id, ws, session)
 
     # -- receiving -----------------------------------------------------------------------
+    def _quickack(self) -> None:
+        """ACK what came in at once. A stock jupyter_server leaves Nagle's algorithm on
+        (see ``notebook_kernels_mixer.jupyter``): a message it writes right after another
+        (the answer after the kernel's ``status: busy``) waits for our ACK of the first,
+        which Linux delays by up to 40 ms unless asked not to — and re-arms the delay on
+        its own, hence after every message."""
+        if self._sock is not None:
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            except OSError:
+                self._sock = None
+
     async def _read(self) -> None:
         try:
             async for frame in self.ws:
+                self._quickack()
                 if frame.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     self._fail(f"the websocket failed: {frame.data!r}"[:300])
                     return
