@@ -123,7 +123,7 @@ def _mixer_flags(parser: argparse.ArgumentParser) -> None:
           help="allow --listen on addresses other than loopback: anyone who can reach "
                "them and knows the token controls your kernels (see SECURITY.md)")
     _flag(parser, "allow-origin", action="append", default=[], metavar="ORIGIN",
-          help="also admit websockets from this Origin (scheme://host[:port]), and requests "
+          help="also admit requests and websockets from this Origin (scheme://host[:port]), and requests "
                "whose Host is its host; repeatable")
     _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log level")
