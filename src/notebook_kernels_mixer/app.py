@@ -18,13 +18,13 @@ from aiohttp import web
 from notebook_kernels_mixer.backends import Backend, build_backend
 from notebook_kernels_mixer.config import MixerConfig
 from notebook_kernels_mixer.front.middlewares import access_logger, errors, protector
+from notebook_kernels_mixer.inventory import Inventory
+from notebook_kernels_mixer.inventory.kept import KeptRecords
 from notebook_kernels_mixer.proxy import LocalProxy
 from notebook_kernels_mixer.relay import Relay
 from notebook_kernels_mixer.resources.backend_kernels import BackendKernels
-from notebook_kernels_mixer.resources.fanout import FanOut
 from notebook_kernels_mixer.resources.kernels import KernelsHandlers
 from notebook_kernels_mixer.resources.kernelspecs import KernelspecsCache, KernelspecsHandlers
-from notebook_kernels_mixer.resources.registry import Registry
 from notebook_kernels_mixer.resources.session_stores import session_store
 from notebook_kernels_mixer.resources.sessions import SessionsHandlers
 from notebook_kernels_mixer.state import MEMORY, StateError, StateStore, default_state_path
@@ -32,7 +32,7 @@ from notebook_kernels_mixer.status import StatusHandlers
 
 log = logging.getLogger(__name__)
 
-REGISTRY = web.AppKey("registry", Registry)
+INVENTORY = web.AppKey("inventory", Inventory)
 RELAY = web.AppKey("relay", Relay)
 STATE = web.AppKey("state", StateStore)
 
@@ -45,33 +45,33 @@ def state_path(config: MixerConfig) -> str:
     return default_state_path(config.port) if config.port else MEMORY
 
 
-async def build_app(config: MixerConfig, backends: list[Backend] | None = None) -> web.Application:
-    """The mixer as an aiohttp app; ``backends`` may be given (tests), else built.
-    Opens the state file first: a second mixer on it fails here (``StateError``)."""
-    backends = backends if backends is not None else [build_backend(b) for b in config.backends]
+async def build_app(config: MixerConfig) -> web.Application:
+    """The mixer as an aiohttp app. Opens the state file first: a second mixer on it
+    fails here (``StateError``)."""
+    backends = [build_backend(b) for b in config.backends]
     path = state_path(config)
     state = await StateStore.open(path)
-    fanout = FanOut(backends, retention=config.retention, window=config.listing_window)
-    registry = Registry(backends, default=config.default_backend, local=config.local_backend,
-                        state=state, fanout=fanout)
+    inventory = Inventory(backends, default=config.default_backend, local=config.local_backend,
+                          state=state, retention=config.retention, window=config.listing_window)
     relay = Relay(external_hostname=config.external_hostname, local_backend=config.local_backend)
     cache = KernelspecsCache(config.kernelspecs_ttl)
     backend_kernels = {
-        b.name: BackendKernels(b, known=lambda b=b: registry.kernels_of(b)) for b in backends
+        b.name: BackendKernels(b, known=lambda b=b: inventory.kernels_of(b)) for b in backends
     }
-    stores = {name: session_store(k, state) for name, k in backend_kernels.items()}
-    specs = KernelspecsHandlers(registry, cache)
-    kernels = KernelsHandlers(registry, relay, backend_kernels, specs.default_spec)
-    sessions = SessionsHandlers(registry, stores, kernels, specs.default_spec)
+    kept = KeptRecords(state)
+    stores = {name: session_store(k, kept) for name, k in backend_kernels.items()}
+    specs = KernelspecsHandlers(inventory, cache)
+    kernels = KernelsHandlers(inventory, relay, backend_kernels, specs.default_spec)
+    sessions = SessionsHandlers(inventory, stores, kernels, specs.default_spec)
     app = web.Application(
         middlewares=[access_logger(config), errors, protector(config)],
         client_max_size=config.max_body_bytes,
     )
-    app[REGISTRY] = registry
+    app[INVENTORY] = inventory
     app[RELAY] = relay
     app[STATE] = state
-    for handlers in (StatusHandlers(registry, relay, kernels, sessions, path), specs, kernels,
-                     sessions, LocalProxy(registry, relay, external_hostname=config.external_hostname)):
+    for handlers in (StatusHandlers(inventory, relay, kernels, sessions, path), specs, kernels,
+                     sessions, LocalProxy(inventory, relay, external_hostname=config.external_hostname)):
         app.add_routes(handlers.routes())
     _lifecycle(app, backends, relay, cache, state)
     return app

@@ -13,9 +13,9 @@ from aiohttp import web
 from notebook_kernels_mixer.backends.base import HOP_BY_HOP
 from notebook_kernels_mixer.backends.forwarding import forwarded_query, origin_headers
 from notebook_kernels_mixer.front.middlewares import abort_connection
+from notebook_kernels_mixer.inventory import Inventory
 from notebook_kernels_mixer.relay import Relay
 from notebook_kernels_mixer.resources.common import BACKEND_HEADER
-from notebook_kernels_mixer.resources.registry import Registry
 
 # The client's credentials for the mixer stay here (the local server gets the mixer's
 # own), and Origin/Referer are rebuilt by ``origin_headers``.
@@ -23,8 +23,8 @@ _REQUEST_DROP = HOP_BY_HOP | {"origin", "referer", "token", "authorization"}
 
 
 class LocalProxy:
-    def __init__(self, registry: Registry, relay: Relay, *, external_hostname: str | None):
-        self.registry = registry
+    def __init__(self, inventory: Inventory, relay: Relay, *, external_hostname: str | None):
+        self.inventory = inventory
         self.relay = relay
         self.external_hostname = external_hostname
 
@@ -32,7 +32,7 @@ class LocalProxy:
         return [web.route("*", "/{tail:.*}", self.handle)]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        backend = self.registry.local
+        backend = self.inventory.local
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self.relay.run(request, backend, request.rel_url.raw_path)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP}

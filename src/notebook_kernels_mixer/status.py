@@ -15,19 +15,19 @@ from typing import Any
 from aiohttp import web
 
 from notebook_kernels_mixer import __version__
+from notebook_kernels_mixer.inventory import Inventory, Listing
 from notebook_kernels_mixer.relay import Relay
 from notebook_kernels_mixer.resources.common import json_response
 from notebook_kernels_mixer.resources.fanout import Answer
 from notebook_kernels_mixer.resources.kernels import KernelsHandlers
-from notebook_kernels_mixer.resources.registry import Registry
 from notebook_kernels_mixer.resources.sessions import SessionsHandlers
 from notebook_kernels_mixer.status_page import render_page
 
 
 class StatusHandlers:
-    def __init__(self, registry: Registry, relay: Relay, kernels: KernelsHandlers,
+    def __init__(self, inventory: Inventory, relay: Relay, kernels: KernelsHandlers,
                  sessions: SessionsHandlers, state_file: str) -> None:
-        self.registry = registry
+        self.inventory = inventory
         self.relay = relay
         self.kernels = kernels
         self.sessions = sessions
@@ -42,14 +42,13 @@ class StatusHandlers:
         ]
 
     async def collect(self) -> dict[str, Any]:
-        fanout = self.registry.fanout
-        kernels = await fanout.listing("kernels", self.kernels.listing)
-        sessions = await fanout.listing("sessions", self.sessions.listing)
+        kernels = await self.inventory.listing(Listing.KERNELS, self.kernels.listing)
+        sessions = await self.inventory.listing(Listing.SESSIONS, self.sessions.listing)
         used = {
             s["kernel"]["id"] for a in sessions if a.value for s in a.value
             if isinstance(s.get("kernel"), dict) and isinstance(s["kernel"].get("id"), str)
         }
-        stale = fanout.stale()
+        stale = self.inventory.stale()
         backends = []
         for answer in kernels:
             backend = answer.backend
@@ -57,8 +56,8 @@ class StatusHandlers:
             state["kernels"] = len(answer.value) if answer.value is not None else None
             state["stale_since"] = stale.get(backend.name)
             state["orphans"] = self._orphans(answer, used)
-            state["default"] = backend is self.registry.default
-            state["local"] = backend is self.registry.local
+            state["default"] = backend is self.inventory.default
+            state["local"] = backend is self.inventory.local
             state["sessions_kept_by"] = self.sessions.stores[backend.name].kind
             backends.append(state)
         return {
@@ -67,8 +66,8 @@ class StatusHandlers:
             "websockets": self.relay.live,
             "state_file": self.state_file,
             # whether changes reach the file: a failing disk, a value dropped (never values)
-            "state": self.registry.state.status(),
-            "memory": {**self.registry.sizes(), **self.relay.state()},
+            "state": self.inventory.state.status(),
+            "memory": {**self.inventory.sizes(), **self.relay.state()},
             "backends": backends,
         }
 
@@ -83,7 +82,7 @@ class StatusHandlers:
         for kernel in answer.value or []:
             if kernel["id"] in used or kernel.get("connections"):
                 continue
-            seen = self.registry.first_seen.get(kernel["id"])
+            seen = self.inventory.first_seen.get(kernel["id"])
             out.append({
                 "id": kernel["id"],
                 "name": kernel.get("name"),

@@ -11,7 +11,7 @@ import os
 
 from aiohttp import WSMsgType
 
-from notebook_kernels_mixer.app import REGISTRY, RELAY
+from notebook_kernels_mixer.app import INVENTORY, RELAY
 from tests.fakes import BrokenWebsocketBackend
 from tests.unit.conftest import TOKEN
 
@@ -97,8 +97,8 @@ async def test_backend_dying_mid_message_closes_client(fakes, mixer) -> None:
         local = await fakes("local")
         m = await mixer([("local", local), ("broken", broken.url)])
         kernel = "4b6a3a3e-3a8e-4c43-9bde-9df6a1ad7f10"
-        registry = m.app[REGISTRY]
-        registry.created_kernel(kernel, registry.backends["broken"])
+        registry = m.app[INVENTORY]
+        registry.kernel_created(registry.backends["broken"], {"id": kernel})
         url = m.url.replace("http", "ws") + f"/api/kernels/{kernel}/channels"
         async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
             await ws.send_str("hello")

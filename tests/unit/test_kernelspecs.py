@@ -5,7 +5,7 @@ import time
 import pytest
 from aiohttp import web
 
-from notebook_kernels_mixer.app import REGISTRY
+from notebook_kernels_mixer.app import INVENTORY
 from notebook_kernels_mixer.resources.kernelspecs import (
     BackendSpecs,
     merge,
@@ -161,7 +161,7 @@ async def test_blackholed_backend_cannot_hold_a_listing(fakes, blackhole, mixer)
     assert blackhole.requests.count("GET /api/kernels") == 1  # it was asked, and held on
     # Later listings do not wait for it again (until its probe says it answers): from
     # here on, waiting for it would take an hour.
-    remote = m.app[REGISTRY].backends["remote"]
+    remote = m.app[INVENTORY].backends["remote"]
     remote.config = dataclasses.replace(remote.config, list_timeout=3600.0)
     for path in ("/api/kernels", "/api/kernelspecs"):
         status, body = await asyncio.wait_for(m.call("GET", path), 60)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from notebook_kernels_mixer.app import REGISTRY
+from notebook_kernels_mixer.app import INVENTORY
 from tests.unit.conftest import Mixer
 
 
@@ -96,14 +96,14 @@ async def test_one_slow_kernel_start_does_not_hide_the_backends_kernels(fakes, m
     remote.delay = 1.0  # slower than the request timeout and the listing timeout
     status, err = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
     assert status == 504 and "remote" in err["message"]
-    assert m.app[REGISTRY].backends["remote"].health.up  # one slow call is not "down"
+    assert m.app[INVENTORY].backends["remote"].health.up  # one slow call is not "down"
     status, kernels = await m.call("GET", "/api/kernels")  # still slow: last-known
     assert status == 200 and kept["id"] in [k["id"] for k in kernels]
 
 
 async def test_gone_kernels_and_sessions_are_forgotten_everywhere(fakes, mixer) -> None:
     local, remote, m = await two(fakes, mixer)
-    registry = m.app[REGISTRY]
+    registry = m.app[INVENTORY]
     for i in range(20):
         status, s = await m.call("POST", "/api/sessions",
                                  json={"path": f"{i}.ipynb", "kernel": {"name": "remote-python3"}})

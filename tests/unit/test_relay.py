@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from notebook_kernels_mixer.app import REGISTRY, RELAY
+from notebook_kernels_mixer.app import INVENTORY, RELAY
 from tests.unit.conftest import TOKEN
 
 V1 = "v1.kernel.websocket.jupyter.org"
@@ -93,8 +93,8 @@ async def test_unreachable_backend_closes_the_socket(fakes, mixer, blackhole, ta
     local = await fakes("local")
     m = await mixer([("local", local), ("remote", url_of[target])], request_timeout=0.5)
     kernel = "1b8636b2-d964-4f3e-95bd-71eff87da38e"
-    registry = m.app[REGISTRY]
-    registry.created_kernel(kernel, registry.backends["remote"])
+    registry = m.app[INVENTORY]
+    registry.kernel_created(registry.backends["remote"], {"id": kernel})
     url = m.url.replace("http", "ws") + f"/api/kernels/{kernel}/channels"
     async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
         msg = await ws.receive(timeout=10)

@@ -8,7 +8,7 @@ import logging
 
 from aiohttp import WSMsgType
 
-from notebook_kernels_mixer.app import REGISTRY
+from notebook_kernels_mixer.app import INVENTORY
 from tests.unit.conftest import TOKEN, Mixer
 
 
@@ -48,7 +48,7 @@ async def test_the_clients_token_reaches_no_backend(fakes, mixer) -> None:
 
 async def test_failing_listings_are_logged_once_and_count_as_failures(fakes, mixer, caplog) -> None:
     local, remote, m = await two(fakes, mixer)
-    registry = m.app[REGISTRY]
+    registry = m.app[INVENTORY]
     remote.garbage = True
     with caplog.at_level(logging.WARNING):
         for _ in range(3):

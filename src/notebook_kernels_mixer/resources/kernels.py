@@ -15,12 +15,12 @@ from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.errors import BackendError, BadRequest, Conflict, NotFound
+from notebook_kernels_mixer.inventory import Inventory, Listing
 from notebook_kernels_mixer.relay import Relay
 from notebook_kernels_mixer.resources.backend_kernels import BackendKernels, Model
 from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
 from notebook_kernels_mixer.resources.fanout import merged
 from notebook_kernels_mixer.resources.naming import checked_id, prefixed
-from notebook_kernels_mixer.resources.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ def translate_kernel(model: Model, backend: str) -> Model:
 
 # -- handlers ----------------------------------------------------------------------------
 class KernelsHandlers:
-    def __init__(self, registry: Registry, relay: Relay, kernels: dict[str, BackendKernels],
+    def __init__(self, inventory: Inventory, relay: Relay, kernels: dict[str, BackendKernels],
                  default_spec: DefaultSpec) -> None:
-        self.registry = registry
+        self.inventory = inventory
         self.relay = relay
         self.kernels = kernels
         self.default_spec = default_spec
@@ -58,12 +58,11 @@ class KernelsHandlers:
         """One backend's kernels, translated; ownership learnt, gone ones forgotten."""
         started = time.monotonic()
         models = await self.kernels[backend.name].list()
-        self.registry.prune(backend, started=started, kernels=[m["id"] for m in models])
-        return [translate_kernel(m, backend.name) for m in models
-                if self.registry.listed_kernel(m["id"], backend)]
+        owned = self.inventory.kernels_listed(backend, [m["id"] for m in models], started=started)
+        return [translate_kernel(m, backend.name) for m in models if m["id"] in owned]
 
     async def list(self, request: web.Request) -> web.Response:
-        return json_response(merged(await self.registry.fanout.listing("kernels", self.listing)))
+        return json_response(merged(await self.inventory.listing(Listing.KERNELS, self.listing)))
 
     async def create(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
@@ -71,19 +70,18 @@ class KernelsHandlers:
         env = field(body, "env", dict, "an object") or {}
         field(body, "path", str, "a string")
         chosen = env.get("KERNEL_ID")
-        if isinstance(chosen, str) and self.registry.owner(chosen) is not None:
+        if isinstance(chosen, str) and self.inventory.kernel_owner(chosen) is not None:
             # Enterprise Gateway lets a client choose the id; one the mixer already
             # routes elsewhere would make two kernels share it.
             raise Conflict(f"kernel id {chosen!r} (env.KERNEL_ID) is already in use")
         if name is None:
             backend, bare = await self.default_spec()
         else:
-            backend, bare = self.registry.spec_backend(name)
+            backend, bare = self.inventory.spec_backend(name)
         forward = {**body, "name": bare} if bare else {k: v for k, v in body.items() if k != "name"}
         status, model = await self.kernels[backend.name].start(forward)
-        self.registry.created_kernel(model["id"], backend)
         translated = translate_kernel(model, backend.name)
-        self.registry.fanout.amend("kernels", backend, add=translated)
+        self.inventory.kernel_created(backend, translated)
         response = json_response(translated, status=status, backend=backend.name)
         response.headers["Location"] = f"/api/kernels/{checked_id(model['id'], 'kernel')}"
         return response
@@ -91,7 +89,7 @@ class KernelsHandlers:
     async def owner(self, kernel_id: str) -> Backend:
         """The backend that runs ``kernel_id``; asks them all for an id not known yet."""
         checked_id(kernel_id, "kernel")
-        known = self.registry.owner(kernel_id)
+        known = self.inventory.kernel_owner(kernel_id)
         if known is not None:
             return known
 
@@ -99,8 +97,8 @@ class KernelsHandlers:
             if await self.kernels[backend.name].get(kernel_id) is None:
                 raise NotFound(f"kernel {kernel_id!r} not found")
 
-        backend = await self.registry.find(f"kernel {kernel_id!r}", has)
-        self.registry.listed_kernel(kernel_id, backend)
+        backend = await self.inventory.find(f"kernel {kernel_id!r}", has)
+        self.inventory.kernel_seen(backend, kernel_id)
         return backend
 
     async def get(self, request: web.Request) -> web.Response:
@@ -111,12 +109,8 @@ class KernelsHandlers:
             self._gone(kernel_id, backend)
         return json_response(translate_kernel(model, backend.name), backend=backend.name)
 
-    def _forget(self, kernel_id: str, backend: Backend) -> None:
-        self.registry.forget_kernel(kernel_id)
-        self.registry.fanout.amend("kernels", backend, remove=kernel_id)
-
     def _gone(self, kernel_id: str, backend: Backend) -> Any:
-        self._forget(kernel_id, backend)
+        self.inventory.kernel_gone(backend, kernel_id)
         raise NotFound(f"kernel {kernel_id!r} not found")
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -124,7 +118,7 @@ class KernelsHandlers:
         backend = await self.owner(kernel_id)
         if not await self.kernels[backend.name].delete(kernel_id):
             self._gone(kernel_id, backend)
-        self._forget(kernel_id, backend)
+        self.inventory.kernel_gone(backend, kernel_id)
         return web.Response(status=204, headers={"X-Mixer-Backend": backend.name})
 
     async def action(self, request: web.Request) -> web.Response:
@@ -135,7 +129,7 @@ class KernelsHandlers:
                 kernel_id, request.match_info["action"])
         except NotFound:
             self._gone(kernel_id, backend)
-        self.registry.fanout.changed()  # a restart changes the kernel's state
+        self.inventory.kernel_changed()  # a restart changes the kernel's state
         if model is None:
             return web.Response(status=status, headers={"X-Mixer-Backend": backend.name})
         return json_response(translate_kernel(model, backend.name), status=status,
@@ -155,5 +149,5 @@ class KernelsHandlers:
         try:
             return await self.relay.run(request, backend, f"/api/kernels/{quoted}/channels")
         except NotFound:
-            self._forget(kernel_id, backend)
+            self.inventory.kernel_gone(backend, kernel_id)
             raise

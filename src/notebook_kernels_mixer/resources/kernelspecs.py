@@ -21,10 +21,10 @@ from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend, BackendResponse
 from notebook_kernels_mixer.errors import SANDBOX_HEADERS, BackendError, NotFound
+from notebook_kernels_mixer.inventory import Inventory, Listing
 from notebook_kernels_mixer.resources.common import BACKEND_HEADER, json_response
 from notebook_kernels_mixer.resources.fanout import all_failed
 from notebook_kernels_mixer.resources.naming import checked_resource_path, prefixed
-from notebook_kernels_mixer.resources.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,6 @@ class KernelspecsCache:
         self._entries[backend.name] = (time.monotonic(), view)
         return view
 
-    def invalidate(self) -> None:
-        self._entries.clear()
-
     async def close(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
@@ -174,8 +171,8 @@ class KernelspecsCache:
 
 # -- handlers ----------------------------------------------------------------------------
 class KernelspecsHandlers:
-    def __init__(self, registry: Registry, cache: KernelspecsCache) -> None:
-        self.registry = registry
+    def __init__(self, inventory: Inventory, cache: KernelspecsCache) -> None:
+        self.inventory = inventory
         self.cache = cache
 
     def routes(self) -> list[web.RouteDef]:
@@ -190,11 +187,11 @@ class KernelspecsHandlers:
         """Every backend's specs. A backend that cannot answer keeps its last-known
         specs in the picker (within the retention window, like its kernels), but the
         default comes from the backends that answer now (SPEC §3)."""
-        answers = await self.registry.fanout.listing("kernelspecs", self.cache.get)
+        answers = await self.inventory.listing(Listing.KERNELSPECS, self.cache.get)
         if not any(a.usable for a in answers):
             raise all_failed(answers)
-        order = [self.registry.default.name, self.registry.local.name, *self.registry.names]
-        rank = {name: order.index(name) for name in self.registry.names}
+        order = [self.inventory.default.name, self.inventory.local.name, *self.inventory.names]
+        rank = {name: order.index(name) for name in self.inventory.names}
         # Backends answering now come first (their default wins); a backend whose last
         # call failed only contributes its specs.
         usable = sorted((a for a in answers if a.usable), key=lambda a: (
@@ -207,16 +204,16 @@ class KernelspecsHandlers:
         try:
             default = (await self.merged())["default"]
         except BackendError:
-            return self.registry.default, None
+            return self.inventory.default, None
         if not isinstance(default, str):
-            return self.registry.default, None
-        return self.registry.spec_backend(default)
+            return self.inventory.default, None
+        return self.inventory.spec_backend(default)
 
     async def list(self, request: web.Request) -> web.Response:
         return json_response(await self.merged())
 
     async def get(self, request: web.Request) -> web.Response:
-        backend, bare = self.registry.spec_backend(request.match_info["name"])
+        backend, bare = self.inventory.spec_backend(request.match_info["name"])
         checked_resource_path(bare)
         try:
             answer = await backend.call("GET", f"/api/kernelspecs/{bare}")
@@ -231,7 +228,7 @@ class KernelspecsHandlers:
         """A kernelspec resource, streamed (never held whole) within the backend's
         answer cap, with a type chosen by its extension and the sandbox headers. An
         error answer is handed on as the backend's error (sandboxed too)."""
-        backend, bare = self.registry.spec_backend(request.match_info["name"])
+        backend, bare = self.inventory.spec_backend(request.match_info["name"])
         path = checked_resource_path(request.match_info["resource"])
         checked_resource_path(bare)
         what = f"GET /kernelspecs/{bare}/{path}"

@@ -32,6 +32,7 @@ from notebook_kernels_mixer.errors import (
     NotFound,
     StateUnavailable,
 )
+from notebook_kernels_mixer.inventory.kept import KeptRecords
 from notebook_kernels_mixer.resources.backend_kernels import (
     BackendKernels,
     Model,
@@ -39,7 +40,7 @@ from notebook_kernels_mixer.resources.backend_kernels import (
     listed_models,
 )
 from notebook_kernels_mixer.resources.naming import checked_text
-from notebook_kernels_mixer.state import KeptSession, StateError, StateStore
+from notebook_kernels_mixer.state import KeptSession, StateError
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +112,16 @@ class KeptSessions:
 
     kind = "mixer"
 
-    def __init__(self, kernels: BackendKernels, state: StateStore) -> None:
+    def __init__(self, kernels: BackendKernels, kept: KeptRecords) -> None:
         self.kernels = kernels
         self.backend = kernels.backend
-        self.state = state
+        self.kept = kept
 
     def _records(self) -> list[KeptSession]:
-        return [r for r in self.state.kept.values() if r.backend == self.backend.name]
+        return self.kept.of(self.backend.name)
 
     def _record_of(self, session_id: str) -> KeptSession:
-        record = self.state.kept.get(session_id)
+        record = self.kept.get(session_id)
         if record is None or record.backend != self.backend.name:
             raise NotFound(f"session {session_id!r} not found")
         return record
@@ -132,7 +133,7 @@ class KeptSessions:
         for record in records:
             kernel = models.get(record.kernel_id)
             if kernel is None:
-                self.state.drop_kept(record.id)  # its kernel is gone (culled, deleted)
+                self.kept.drop(record.id)  # its kernel is gone (culled, deleted)
                 continue
             out.append(_model(record, kernel))
         return out
@@ -141,7 +142,7 @@ class KeptSessions:
         record = self._record_of(session_id)
         kernel = await self.kernels.get(record.kernel_id, timeout)
         if kernel is None:
-            self.state.drop_kept(record.id)
+            self.kept.drop(record.id)
             raise NotFound(f"session {session_id!r} not found (its kernel is gone)")
         return _model(record, kernel)
 
@@ -162,14 +163,9 @@ class KeptSessions:
         """Put ``record`` on disk before the answer (only the mixer knows it). If the
         state file does not take it: back to ``undo`` (None: no record), the kernel
         ``started`` for it shut down, and a 503 that says so."""
-        self.state.put_kept(record)
         try:
-            await self.state.flush()
+            await self.kept.put(record, undo=undo)
         except StateError as exc:
-            if undo is None:
-                self.state.drop_kept(record.id)
-            else:
-                self.state.put_kept(undo)
             if started is not None:
                 await self._shutdown(started)
             undone = "; the kernel started for it was shut down" if started else ""
@@ -208,7 +204,7 @@ class KeptSessions:
     async def delete(self, session_id: str) -> None:
         record = self._record_of(session_id)
         await self.kernels.delete(record.kernel_id)
-        self.state.drop_kept(record.id)
+        self.kept.drop(record.id)
 
     async def _shutdown(self, kernel_id: str) -> None:
         try:
@@ -221,9 +217,9 @@ class KeptSessions:
 class AutoSessions:
     """Asks the backend once, on first use, who keeps its sessions."""
 
-    def __init__(self, kernels: BackendKernels, state: StateStore) -> None:
+    def __init__(self, kernels: BackendKernels, kept: KeptRecords) -> None:
         self.backend = kernels.backend
-        self._candidates = (ForwardedSessions(self.backend), KeptSessions(kernels, state))
+        self._candidates = (ForwardedSessions(self.backend), KeptSessions(kernels, kept))
         self._chosen: SessionStore | None = None
 
     async def store(self) -> SessionStore:
@@ -260,7 +256,7 @@ class AutoSessions:
         await (await self.store()).delete(session_id)
 
 
-def session_store(kernels: BackendKernels, state: StateStore) -> SessionStore:
+def session_store(kernels: BackendKernels, kept: KeptRecords) -> SessionStore:
     """The store for a backend's configured ``sessions`` policy."""
     mode = kernels.backend.config.sessions
     if mode == "auto" and kernels.backend.config.auth in ("gcloud", "google-adc"):
@@ -268,5 +264,5 @@ def session_store(kernels: BackendKernels, state: StateStore) -> SessionStore:
     if mode == "backend":
         return ForwardedSessions(kernels.backend)
     if mode == "mixer":
-        return KeptSessions(kernels, state)
-    return AutoSessions(kernels, state)
+        return KeptSessions(kernels, kept)
+    return AutoSessions(kernels, kept)

@@ -4,7 +4,7 @@ Each backend's sessions live in its ``SessionStore`` (its own API, or kept by th
 mixer). A PATCH that moves a session's kernel to a spec of another backend creates
 the session there first and only then deletes it on the old backend (which shuts
 the old kernel down), so a failure leaves the notebook where it was. The client keeps
-the session id it knows; the registry maps it to the new backend's session id. Moves
+the session id it knows; the inventory maps it to the new backend's session id. Moves
 of one session are serialized, so two concurrent moves cannot leave an orphan.
 """
 
@@ -21,12 +21,12 @@ from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.errors import BadRequest, MixerError, NotFound, StateUnavailable
+from notebook_kernels_mixer.inventory import Inventory, Listing
 from notebook_kernels_mixer.resources.backend_kernels import Model, is_model
 from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
 from notebook_kernels_mixer.resources.fanout import merged
 from notebook_kernels_mixer.resources.kernels import DefaultSpec, KernelsHandlers, translate_kernel
 from notebook_kernels_mixer.resources.naming import checked_id, checked_text
-from notebook_kernels_mixer.resources.registry import Registry
 from notebook_kernels_mixer.resources.session_stores import SessionStore
 from notebook_kernels_mixer.state import StateError
 
@@ -61,9 +61,9 @@ def kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
 
 # -- handlers ----------------------------------------------------------------------------
 class SessionsHandlers:
-    def __init__(self, registry: Registry, stores: dict[str, SessionStore],
+    def __init__(self, inventory: Inventory, stores: dict[str, SessionStore],
                  kernels: KernelsHandlers, default_spec: DefaultSpec) -> None:
-        self.registry = registry
+        self.inventory = inventory
         self.stores = stores
         self.kernels = kernels
         self.default_spec = default_spec
@@ -84,35 +84,22 @@ class SessionsHandlers:
                 *, changed: bool = False) -> web.Response:
         """The answer for ``model``; ``changed``: the mixer just created or moved it
         there, so the backend's last-known sessions learn it too."""
-        self.registry.remember_session(client_id, backend, model["id"])
-        kernel = model.get("kernel")
-        if is_model(kernel):
-            self.registry.listed_kernel(kernel["id"], backend)
         translated = translate_session(model, backend.name, client_id)
         if changed:
-            self.registry.fanout.amend("sessions", backend, add=translated)
-            if isinstance(translated.get("kernel"), dict):
-                self.registry.fanout.amend("kernels", backend, add=translated["kernel"])
+            self.inventory.session_changed(backend, client_id, model, translated)
+        else:
+            self.inventory.session_seen(backend, client_id, model)
         return json_response(translated, status=status, backend=backend.name)
 
     # -- list ------------------------------------------------------------------------------
     async def listing(self, backend: Backend) -> list[Model]:
         started = time.monotonic()
         models = await self.stores[backend.name].list()
-        self.registry.prune(backend, started=started, sessions=[m["id"] for m in models])
-        out = []
-        for model in models:
-            client_id = self.registry.client_session_id(backend, model["id"])
-            if not self.registry.learn_session(client_id, backend, model["id"]):
-                continue  # a stale copy: the session moved while this list was on its way
-            kernel = model.get("kernel")
-            if is_model(kernel):
-                self.registry.listed_kernel(kernel["id"], backend)
-            out.append(translate_session(model, backend.name, client_id))
-        return out
+        return [translate_session(model, backend.name, client_id) for client_id, model
+                in self.inventory.sessions_listed(backend, models, started=started)]
 
     async def list(self, request: web.Request) -> web.Response:
-        return json_response(merged(await self.registry.fanout.listing("sessions", self.listing)))
+        return json_response(merged(await self.inventory.listing(Listing.SESSIONS, self.listing)))
 
     # -- create ------------------------------------------------------------------------------
     async def _target(self, kernel: dict[str, Any] | None) -> tuple[Backend | None, dict[str, Any] | None]:
@@ -120,7 +107,7 @@ class SessionsHandlers:
         if kernel is None:
             return None, None
         if kernel.get("name") is not None:
-            backend, bare = self.registry.spec_backend(kernel["name"])
+            backend, bare = self.inventory.spec_backend(kernel["name"])
             return backend, {**kernel, "name": bare}
         if kernel.get("id") is not None:
             return await self.kernels.owner(kernel["id"]), dict(kernel)
@@ -136,21 +123,21 @@ class SessionsHandlers:
                 kernel = {**(kernel or {}), "name": bare}
         forward = {**body, "kernel": kernel} if kernel is not None else body
         model = await self.stores[backend.name].create(forward)
-        return self._answer(backend, model, self.registry.client_session_id(backend, model["id"]),
+        return self._answer(backend, model, self.inventory.client_session_id(backend, model["id"]),
                             status=201, changed=True)
 
     # -- one session ------------------------------------------------------------------------
     async def owner(self, client_id: str) -> tuple[Backend, str]:
         checked_id(client_id, "session")
-        known = self.registry.session(client_id)
+        known = self.inventory.session(client_id)
         if known is not None:
             return known
 
         async def has(backend: Backend) -> None:
             await self.stores[backend.name].get(client_id)
 
-        backend = await self.registry.find(f"session {client_id!r}", has)
-        self.registry.remember_session(client_id, backend, client_id)
+        backend = await self.inventory.find(f"session {client_id!r}", has)
+        self.inventory.session_found(backend, client_id)
         return backend, client_id
 
     @asynccontextmanager
@@ -158,7 +145,7 @@ class SessionsHandlers:
         try:
             yield
         except NotFound:
-            self.registry.forget_session(client_id)
+            self.inventory.session_gone(client_id)
             raise NotFound(f"session {client_id!r} not found") from None
 
     async def get(self, request: web.Request) -> web.Response:
@@ -174,8 +161,7 @@ class SessionsHandlers:
             backend, backend_sid = await self.owner(client_id)
             async with self._gone_if_missing(client_id):
                 await self.stores[backend.name].delete(backend_sid)
-            self.registry.forget_session(client_id)
-            self.registry.fanout.amend("sessions", backend, remove=client_id)
+            self.inventory.session_deleted(backend, client_id)
         return web.Response(status=204, headers={"X-Mixer-Backend": backend.name})
 
     @asynccontextmanager
@@ -214,16 +200,13 @@ class SessionsHandlers:
         create = {f: v for f in _MODEL_FIELDS if (v := body.get(f, current.get(f))) is not None}
         create["kernel"] = kernel
         model = await self._create_exactly(new, create)
-        answer = self._answer(new, model, client_id, changed=True)
-        # The id the client knows now stands for another backend's session: nothing
-        # else could tell that after a crash, so it is on disk before the old one goes.
+        translated = translate_session(model, new.name, client_id)
         try:
-            await self.registry.state.flush()
+            await self.inventory.session_moved(client_id, old, new, model, translated)
         except StateError as exc:
-            await self._undo_move(client_id, old, new, model)
+            await self._delete_copy(client_id, new, model)
             raise StateUnavailable(f"session {client_id} stays on {old_backend.name!r}: its move"
                                    f" could not be recorded ({exc})") from None
-        self.registry.fanout.amend("sessions", old_backend, remove=client_id)
         try:
             await old_store.delete(old_sid)
         except MixerError as exc:
@@ -231,21 +214,13 @@ class SessionsHandlers:
                         client_id, new.name, old_backend.name, exc)
         old_kernel = current.get("kernel")
         if is_model(old_kernel):
-            self.registry.forget_kernel(old_kernel["id"])
-            self.registry.fanout.amend("kernels", old_backend, remove=old_kernel["id"])
+            self.inventory.kernel_gone(old_backend, old_kernel["id"])
         log.info("session %s moved from %r to %r", client_id, old_backend.name, new.name)
-        return answer
+        return json_response(translated, backend=new.name)
 
-    async def _undo_move(self, client_id: str, old: tuple[Backend, str], new: Backend,
-                         model: Model) -> None:
-        """The session created on ``new`` is deleted (its kernel shut down) and the
-        client's id stands for the old one again."""
-        self.registry.fanout.amend("sessions", new, remove=client_id)
-        kernel = model.get("kernel")
-        if is_model(kernel):
-            self.registry.forget_kernel(kernel["id"])
-            self.registry.fanout.amend("kernels", new, remove=kernel["id"])
-        self.registry.remember_session(client_id, *old)
+    async def _delete_copy(self, client_id: str, new: Backend, model: Model) -> None:
+        """The session created on ``new`` for a move that could not be recorded is
+        deleted (its kernel shut down); the inventory already stands by the old one."""
         try:
             await self.stores[new.name].delete(model["id"])
         except MixerError as exc:

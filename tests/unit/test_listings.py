@@ -1,5 +1,6 @@
-"""What a fan-out retains is bounded: a backend's last-known answer to a listing keeps
-at most ``FanOut.max_retained`` entries, from its listings and from ``amend`` alike."""
+"""What the inventory's listings retain is bounded: a backend's last-known answer to a
+listing keeps at most ``Listings.max_retained`` entries, from its listings and from
+what the mixer itself created alike."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 
 import pytest
 
-from notebook_kernels_mixer.app import REGISTRY
-from notebook_kernels_mixer.resources.fanout import FanOut
+from notebook_kernels_mixer.app import INVENTORY
+from notebook_kernels_mixer.inventory import Listing
+from notebook_kernels_mixer.inventory.listings import Listings
 from tests.unit.conftest import Mixer
 
 BOUND = 5
@@ -16,7 +18,7 @@ BOUND = 5
 
 @pytest.fixture(autouse=True)
 def small_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(FanOut, "max_retained", BOUND, raising=False)
+    monkeypatch.setattr(Listings, "max_retained", BOUND)
 
 
 async def kernel_ids(m: Mixer) -> list[str]:
@@ -42,7 +44,7 @@ async def test_a_listing_over_the_bound_is_served_but_not_kept(fakes, mixer) -> 
     assert len(await kernel_ids(m)) == BOUND + 1  # answered now: served whole
     remote.fail_status = 500
     assert await kernel_ids(m) == []  # but not kept: nothing stands in for the remote
-    last = m.app[REGISTRY].fanout._last
+    last = m.app[INVENTORY].listings._last
     assert all(len(value) <= BOUND for _, value in last.values())
 
 
@@ -53,5 +55,5 @@ async def test_amend_does_not_grow_last_known_entries_past_the_bound(fakes, mixe
     for _ in range(BOUND + 3):  # each start is amended into the last-known entries
         status, _ = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
         assert status == 201
-    last = m.app[REGISTRY].fanout._last
-    assert len(last[("kernels", "remote")][1]) == BOUND
+    last = m.app[INVENTORY].listings._last
+    assert len(last[(Listing.KERNELS, "remote")][1]) == BOUND
