@@ -1,0 +1,171 @@
+"""The inventory, driven directly: each event updates ownership, last-known entries
+and the durable state together, so no handler has to keep them in step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from notebook_kernels_mixer.backends import Backend
+from notebook_kernels_mixer.errors import BackendError
+from notebook_kernels_mixer.inventory import Inventory, Listing
+from notebook_kernels_mixer.state import MEMORY, StateError, StateStore
+from tests.unit.inventory_fakes import stub
+
+
+@pytest.fixture
+async def state() -> AsyncIterator[StateStore]:
+    store = await StateStore.open(MEMORY)
+    yield store
+    await store.close()
+
+
+def inventory(state: StateStore, *names: str, window: float = 0.0) -> Inventory:
+    backends = [stub(n) for n in names or ("local", "remote")]
+    return Inventory(backends, default=backends[-1].name, local=backends[0].name, state=state,
+                     retention=600.0, window=window)
+
+
+def kernel(kid: str, name: str = "python3") -> dict[str, Any]:
+    return {"id": kid, "name": name}
+
+
+async def listed(inv: Inventory, kind: Listing, answers: dict[str, Any]) -> dict[str, Any]:
+    """One merged listing where each backend answers ``answers[name]`` (an exception
+    means it failed): backend name -> (value, stale_since)."""
+    async def call(backend: Backend) -> Any:
+        answer = answers[backend.name]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return {a.backend.name: (a.value, a.stale_since) for a in await inv.listing(kind, call)}
+
+
+async def test_a_created_kernel_is_owned_and_stands_in_while_its_backend_fails(state) -> None:
+    inv = inventory(state)
+    local, remote = inv.backends["local"], inv.backends["remote"]
+    await listed(inv, Listing.KERNELS, {"local": [], "remote": [kernel("old")]})
+    inv.kernel_created(remote, kernel("new", "remote-python3"))
+    assert inv.kernel_owner("new") is remote and state.kernels["new"] == "remote"
+    got = await listed(inv, Listing.KERNELS, {"local": [], "remote": BackendError("remote", "down")})
+    value, since = got["remote"]
+    assert [k["id"] for k in value] == ["old", "new"] and since is not None
+    assert list(inv.stale()) == ["remote"] and inv.stale()["remote"]["kernels"] >= since
+    assert inv.kernel_owner("new") is remote and inv.kernels_of(local) == []
+
+
+async def test_a_deleted_kernel_leaves_ownership_state_and_last_known_entries(state) -> None:
+    inv = inventory(state)
+    remote = inv.backends["remote"]
+    await listed(inv, Listing.KERNELS, {"local": [], "remote": [kernel("k1"), kernel("k2")]})
+    inv.kernels_listed(remote, ["k1", "k2"], started=time.monotonic())
+    inv.kernel_gone(remote, "k1")
+    assert inv.kernel_owner("k1") is None and "k1" not in state.kernels
+    got = await listed(inv, Listing.KERNELS, {"local": [], "remote": BackendError("remote", "down")})
+    assert [k["id"] for k in got["remote"][0]] == ["k2"]
+
+
+async def test_a_complete_listing_prunes_what_the_backend_no_longer_has(state) -> None:
+    inv = inventory(state)
+    remote = inv.backends["remote"]
+    inv.kernels_listed(remote, ["a", "b"], started=time.monotonic())
+    began = time.monotonic()
+    inv.kernel_created(remote, kernel("c"))  # after that listing began: not in it
+    assert inv.kernels_listed(remote, ["a"], started=began) == {"a"}
+    assert set(inv.kernels_of(remote)) == {"a", "c"}  # b is gone, c is newer than the listing
+    inv.kernels_listed(remote, ["a"], started=time.monotonic())
+    assert inv.kernels_of(remote) == ["a"] and set(state.kernels) == {"a"}
+
+
+async def test_a_shared_kernel_id_stays_with_the_backend_that_created_it(state) -> None:
+    inv = inventory(state)
+    local, remote = inv.backends["local"], inv.backends["remote"]
+    inv.kernel_created(remote, kernel("same"))
+    assert inv.kernels_listed(local, ["same", "other"], started=time.monotonic()) == {"other"}
+    assert inv.kernel_owner("same") is remote
+    assert inv.kernel_seen(local, "same") is False
+
+
+async def test_a_moved_session_keeps_the_clients_id_durably_and_leaves_the_old_backend(state) -> None:
+    inv = inventory(state)
+    local, remote = inv.backends["local"], inv.backends["remote"]
+    old = {"id": "s1", "kernel": kernel("k-local")}
+    inv.session_changed(local, "s1", old, {**old, "kernel": kernel("k-local", "local-python3")})
+    new = {"id": "s9", "kernel": kernel("k-remote")}
+    translated = {**new, "id": "s1", "kernel": kernel("k-remote", "remote-python3")}
+    await inv.session_moved("s1", (local, "s1"), remote, new, translated)
+    inv.kernel_gone(local, "k-local")
+    assert inv.session("s1") == (remote, "s9") and state.unflushed == 0
+    assert state.sessions["s1"] == ("remote", "s9")
+    assert inv.client_session_id(remote, "s9") == "s1"
+    assert inv.kernel_owner("k-remote") is remote and inv.kernel_owner("k-local") is None
+    failing = BackendError("x", "down")
+    sessions = await listed(inv, Listing.SESSIONS, {"local": failing, "remote": failing})
+    assert sessions["local"][0] == [] and [s["id"] for s in sessions["remote"][0]] == ["s1"]
+    kernels = await listed(inv, Listing.KERNELS, {"local": failing, "remote": failing})
+    assert kernels["local"][0] == [] and [k["id"] for k in kernels["remote"][0]] == ["k-remote"]
+
+
+async def test_a_listing_older_than_a_move_does_not_undo_it(state) -> None:
+    inv = inventory(state)
+    local, remote = inv.backends["local"], inv.backends["remote"]
+    started = time.monotonic()
+    inv.session_seen(local, "s1", {"id": "s1"})
+    await inv.session_moved("s1", (local, "s1"), remote, {"id": "s9"}, {"id": "s1"})
+    assert inv.sessions_listed(local, [{"id": "s1"}], started=started) == []
+    assert inv.session("s1") == (remote, "s9")
+
+
+async def test_a_move_the_state_cannot_record_is_undone(state, monkeypatch) -> None:
+    inv = inventory(state)
+    local, remote = inv.backends["local"], inv.backends["remote"]
+    inv.session_seen(local, "s1", {"id": "s1"})
+
+    async def refused(timeout: float | None = None) -> None:
+        raise StateError("disk full")
+
+    monkeypatch.setattr(state, "flush", refused)
+    new = {"id": "s9", "kernel": kernel("k-remote")}
+    with pytest.raises(StateError):
+        await inv.session_moved("s1", (local, "s1"), remote, new, {**new, "id": "s1"})
+    assert inv.session("s1") == (local, "s1")
+    assert inv.kernel_owner("k-remote") is None
+    assert inv.client_session_id(remote, "s9") == "s9"
+
+
+async def test_any_change_ends_the_listing_window_and_a_shared_listing(state) -> None:
+    inv = inventory(state, window=60.0)
+    remote = inv.backends["remote"]
+    calls = []
+
+    async def call(backend: Backend) -> list[Any]:
+        calls.append(backend.name)
+        return []
+
+    await inv.listing(Listing.KERNELS, call)
+    await inv.listing(Listing.KERNELS, call)
+    assert len(calls) == 2  # the second came from the window
+    await inv.listing(Listing.SESSIONS, call)
+    assert len(calls) == 4  # kinds do not share answers
+    inv.kernel_created(remote, kernel("k"))
+    await inv.listing(Listing.KERNELS, call)
+    assert len(calls) == 6
+    inv.kernel_changed()
+    await inv.listing(Listing.KERNELS, call)
+    assert len(calls) == 8
+
+
+async def test_a_deleted_session_is_forgotten_on_its_backend(state) -> None:
+    inv = inventory(state)
+    remote = inv.backends["remote"]
+    model = {"id": "s1", "kernel": kernel("k")}
+    inv.session_changed(remote, "s1", model, model)
+    inv.session_deleted(remote, "s1")
+    assert inv.session("s1") is None and "s1" not in state.sessions
+    got = await listed(inv, Listing.SESSIONS, {"local": [], "remote": BackendError("r", "down")})
+    assert got["remote"][0] == []
+    assert inv.sizes()["sessions"] == 0
