@@ -3,6 +3,7 @@ a local jupyter_server, a bearer-only remote with the stand-in ``gcloud``, the m
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,13 @@ from tests.e2e.support.stack import Stack
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fuzz: API fuzzing of the mixer with schemathesis and real backends")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The seed of the run, whatever the outcome and the output capture."""
+    module = sys.modules.get("tests.fuzz.test_api_fuzz")
+    if module is not None and getattr(module, "RECORD", None) is not None and module.RECORD.calls:
+        terminalreporter.write_line(f"API fuzzing: schemathesis seed {module.SEED} ({module.REPEAT})")
 
 
 @pytest.fixture(scope="module")
