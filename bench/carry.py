@@ -99,7 +99,7 @@ async def _child(plan: dict[str, Any]) -> dict[str, Any]:
 
 async def _run_cell(http: aiohttp.ClientSession, api: ApiClient, kernel_id: str, code: str) -> str:
     conn = await KernelConnection.open(http, api.ws_url(f"/api/kernels/{kernel_id}/channels"),
-                                       headers=api.auth())
+                                       headers=api.auth(), timeout=120)
     async with conn:
         result = await conn.execute(code, timeout=300)
     if result.status != "ok":
