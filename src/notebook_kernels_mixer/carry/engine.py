@@ -23,6 +23,14 @@ share nothing).
    kernels let go of what they held; a kernel whose mixer vanished lets go after
    the budget anyway).
 
+Why the mixer opens the comms and pulls, rather than the source kernel opening a comm
+and pushing its chunks: a kernel-opened comm is announced on iopub to every client of
+the kernel, and JupyterLab closes a comm whose target it does not know (which would
+end the carry in the kernel); and a kernel that pushes fills iopub faster than a
+slow target takes it (ZMQ drops at its high-water mark, jupyter_server buffers
+without bound). Pulled chunks still travel on iopub, so other clients of the source
+kernel see comm messages of an unknown comm go by, which they ignore.
+
 Never worse than no carry: everything runs within ``budget`` seconds (the report
 to the target gets ``FINISH_SLACK`` more, closing ``link.CLOSE_TIMEOUT``); a busy,
 dead, frozen, restarting or garbage-answering kernel ends the carry with a report
