@@ -268,12 +268,12 @@ async def test_session_fields_the_state_cannot_keep_are_refused(fakes, mixer, fi
 @contextlib.contextmanager
 def disk_full(m: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The mixer's state file refuses every write, as a full disk does."""
-    store = m.app[STATE]
-    monkeypatch.setattr(store, "_write", lambda batch: sqlite3.OperationalError("database or disk is full"))
+    writer = m.app[STATE]._writer
+    monkeypatch.setattr(writer, "_write", lambda batch: sqlite3.OperationalError("database or disk is full"))
     try:
         yield
     finally:
-        monkeypatch.delattr(store, "_write")
+        monkeypatch.delattr(writer, "_write")
 
 
 async def test_a_kept_session_that_cannot_be_recorded_is_undone(
