@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import signal
 
@@ -56,7 +57,7 @@ async def build_app(config: MixerConfig) -> web.Application:
     relay = Relay(external_hostname=config.external_hostname, local_backend=config.local_backend)
     cache = KernelspecsCache(config.kernelspecs_ttl)
     backend_kernels = {
-        b.name: BackendKernels(b, known=lambda b=b: inventory.kernels_of(b)) for b in backends
+        b.name: BackendKernels(b, known=functools.partial(inventory.kernels_of, b)) for b in backends
     }
     kept = KeptRecords(state)
     stores = {name: session_store(k, kept) for name, k in backend_kernels.items()}

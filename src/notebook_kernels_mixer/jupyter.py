@@ -161,7 +161,7 @@ class GatewayPassthroughConnection(NoDelayConnection, BaseKernelWebsocketConnect
         )
         if self.session_id:
             url += f"?session_id={url_escape(self.session_id)}"
-        request = HTTPRequest(url, **client.load_connection_args())
+        request = HTTPRequest(url, **client.load_connection_args())  # type: ignore[no-untyped-call]
         try:
             upstream = await websocket_connect(request, subprotocols=list(self._offered) or None)
         except HTTPClientError as exc:  # the gateway refused the upgrade: say what it said
@@ -169,8 +169,9 @@ class GatewayPassthroughConnection(NoDelayConnection, BaseKernelWebsocketConnect
             raise web.HTTPError(status, "gateway kernel websocket: %s", exc) from None
         except (OSError, StreamClosedError) as exc:
             raise web.HTTPError(503, "gateway kernel websocket: %s", exc) from None
-        with contextlib.suppress(AttributeError, OSError):
-            upstream.protocol.set_nodelay(True)  # the front → gateway leg too
+        if upstream.protocol is not None:
+            with contextlib.suppress(AttributeError, OSError):
+                upstream.protocol.set_nodelay(True)  # the front → gateway leg too
         return upstream
 
     async def connect(self) -> None:

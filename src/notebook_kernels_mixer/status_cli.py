@@ -43,7 +43,8 @@ def fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
     if token:
         headers["token"] = token
     # No proxy: the mixer listens on loopback only.
-    return json.loads(http_get(target, headers, timeout).decode("utf-8"))
+    answer: dict[str, Any] = json.loads(http_get(target, headers, timeout).decode("utf-8"))
+    return answer
 
 
 def _ms(value: Any) -> str:

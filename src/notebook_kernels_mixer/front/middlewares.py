@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("notebook_kernels_mixer.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+# aiohttp's own type: a protocol with named parameters, which a bare Callable is not.
+Middleware = aiohttp.typedefs.Middleware
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Set on a request whose connection was cut after its answer had begun.
 ABORTED = web.RequestKey("mixer_aborted", str)
@@ -157,7 +158,7 @@ def access_logger(config: MixerConfig) -> Middleware:
         outcome: object = None
         try:
             outcome = await handler(request)
-            return outcome  # type: ignore[return-value]
+            return outcome
         except BaseException as exc:
             outcome = exc
             raise

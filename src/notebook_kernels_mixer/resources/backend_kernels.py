@@ -11,6 +11,7 @@ listing lacks — still show them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import weakref
 from collections.abc import Callable, Iterable
@@ -83,7 +84,8 @@ class BackendKernels:
             raise resp.error()
         return self._model(resp.json(), f"GET /api/kernels/{kernel_id}")
 
-    async def many(self, ids: list[str], timeout: float | None = None) -> dict[str, Model | None]:
+    async def many(self, ids: builtins.list[str], timeout: float | None = None
+                   ) -> dict[str, Model | None]:
         """Models of ``ids`` (None for a kernel that is gone): one listing when the
         backend allows it, else one request per kernel."""
         if not ids:
@@ -127,4 +129,4 @@ class BackendKernels:
         if not is_model(value):
             raise BackendError(self.backend.name, f"answered {what} without a kernel model"
                                " (an object with a valid id)")
-        return value  # type: ignore[no-any-return]
+        return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
@@ -106,18 +105,19 @@ class KernelsHandlers:
         backend = await self.owner(kernel_id)
         model = await self.kernels[backend.name].get(kernel_id)
         if model is None:
-            self._gone(kernel_id, backend)
+            raise self._gone(kernel_id, backend)
         return json_response(translate_kernel(model, backend.name), backend=backend.name)
 
-    def _gone(self, kernel_id: str, backend: Backend) -> Any:
+    def _gone(self, kernel_id: str, backend: Backend) -> NotFound:
+        """The backend says it has no such kernel: forgotten, and the error to raise."""
         self.inventory.kernel_gone(backend, kernel_id)
-        raise NotFound(f"kernel {kernel_id!r} not found")
+        return NotFound(f"kernel {kernel_id!r} not found")
 
     async def delete(self, request: web.Request) -> web.Response:
         kernel_id = request.match_info["kernel_id"]
         backend = await self.owner(kernel_id)
         if not await self.kernels[backend.name].delete(kernel_id):
-            self._gone(kernel_id, backend)
+            raise self._gone(kernel_id, backend)
         self.inventory.kernel_gone(backend, kernel_id)
         return web.Response(status=204, headers={"X-Mixer-Backend": backend.name})
 
@@ -128,7 +128,7 @@ class KernelsHandlers:
             status, model = await self.kernels[backend.name].action(
                 kernel_id, request.match_info["action"])
         except NotFound:
-            self._gone(kernel_id, backend)
+            raise self._gone(kernel_id, backend) from None
         self.inventory.kernel_changed()  # a restart changes the kernel's state
         if model is None:
             return web.Response(status=status, headers={"X-Mixer-Backend": backend.name})

@@ -49,7 +49,7 @@ def kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
     if "kernel" in body and body["kernel"] is None:
         # jupyter_server answers this with a 500 (AttributeError); say what is wrong.
         raise BadRequest("'kernel' must be an object, not null")
-    kernel = field(body, "kernel", dict, "an object")
+    kernel: dict[str, Any] | None = field(body, "kernel", dict, "an object")
     if kernel is not None:
         field(kernel, "name", str, "a string")
         field(kernel, "id", str, "a string")
