@@ -43,7 +43,6 @@ async def test_sigterm_is_graceful(jupyter_dirs: JupyterDirs, tmp_path: Path) ->
     await local.start()
     kernel = local._new_kernel("python3")
     port = free_port()
-    user_files = jupyter_dirs.user_state_files()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "notebook_kernels_mixer", f"--port={port}",
         f"--jupyter-port={local.port}", f"--jupyter-token={TOKEN}",
@@ -65,7 +64,8 @@ async def test_sigterm_is_graceful(jupyter_dirs: JupyterDirs, tmp_path: Path) ->
                 raise AssertionError(f"the mixer did not answer within {WAIT}s")
             state = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"mixer-state-{port}.sqlite"
             assert state.parent == jupyter_dirs.runtime and state.exists()
-            assert jupyter_dirs.user_state_files() == user_files
+            jupyter_dirs.watch.scan()  # the user's own runtime directory got no lock of ours
+            assert state.name not in jupyter_dirs.watch.ours
 
             ws = await session.ws_connect(
                 base.replace("http", "ws") + f"/api/kernels/{kernel['id']}/channels",
