@@ -4,7 +4,7 @@ Found by the soak: JupyterLab polls ``GET /api/sessions`` while the user changes
 notebook's kernel (``PATCH /api/sessions/{id}`` to a spec of the other backend).
 The move must hold whatever the listings that run meanwhile: afterwards the
 session answers under the id the client knows, on the new backend, and nothing
-is left orphaned on either backend.
+is left orphaned on either backend: no session, and no kernel (with or without one).
 """
 
 from __future__ import annotations
@@ -43,6 +43,14 @@ async def test_switch_holds_while_sessions_are_listed(stack: Stack) -> None:
                 text = await r.text()
                 return r.status, (json.loads(text) if text else None)
 
+        async def backend_ids(kind: str) -> dict[str, set[str]]:
+            out = {}
+            for name, server in (("local", stack.local), ("remote", stack.remote)):
+                async with http.get(server.url + f"/api/{kind}", headers=server.auth()) as r:
+                    out[name] = {item["id"] for item in await r.json()}
+            return out
+
+        kernels_before = await backend_ids("kernels")
         broken = []
         for i in range(MOVES):
             body = {"path": f"race-{i}.ipynb", "type": "notebook", "name": "race",
@@ -75,18 +83,19 @@ async def test_switch_holds_while_sessions_are_listed(stack: Stack) -> None:
                 )
             await call("DELETE", f"/api/sessions/{sid}")
 
-        # whatever happened, nothing may be left on the backends
-        orphans = {}
+        # whatever happened, nothing may be left on the backends: no session, and no
+        # kernel the moves started (one left without its session is listed only there)
+        orphans: dict[str, list[str]] = {}
+        sessions, kernels = await backend_ids("sessions"), await backend_ids("kernels")
         for name, server in (("local", stack.local), ("remote", stack.remote)):
-            async with http.get(server.url + "/api/sessions", headers=server.auth()) as r:
-                left = await r.json()
-            if left:
-                orphans[name] = [s["id"] for s in left]
-            for s in left:  # clean up for the next test
-                async with http.delete(server.url + f"/api/sessions/{s['id']}", headers=server.auth()):
-                    pass
+            left_kernels = kernels[name] - kernels_before[name]
+            for kind, ids in (("session", sessions[name]), ("kernel", left_kernels)):
+                orphans.update({f"{name} {kind}s": sorted(ids)} if ids else {})
+                for ident in ids:  # clean up for the next test
+                    async with http.delete(server.url + f"/api/{kind}s/{ident}", headers=server.auth()):
+                        pass
         assert not broken and not orphans, (
-            f"{len(broken)}/{MOVES} moves undone by concurrent listings; orphaned sessions {orphans}\n"
+            f"{len(broken)}/{MOVES} moves undone by concurrent listings; orphans {orphans}\n"
             + "\n".join(broken)
             + f"\n(mixer log: {stack.mixer.process.log_path})"
         )
