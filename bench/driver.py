@@ -173,7 +173,9 @@ class Mixer:
         return [part.format(**values) for part in shlex.split(self.template)]
 
     async def start(self, name: str, jupyter_port: int, remote_port: int) -> Mixer:
-        env = {**os.environ, "PATH": self.gcloud.path_env()}
+        # Its state file goes to a runtime directory of the run's own, never the user's.
+        runtime = tempfile.mkdtemp(prefix=f"mixer-bench-{name}-")
+        env = {**os.environ, "PATH": self.gcloud.path_env(), "JUPYTER_RUNTIME_DIR": runtime}
         self.name = name
         self.proc = self.bench.procs.start(
             f"{self.label}-{name}", self.command(jupyter_port, remote_port), env
