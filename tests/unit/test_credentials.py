@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -103,6 +104,16 @@ async def eventually(predicate, timeout: float = 5.0) -> None:  # type: ignore[n
         await asyncio.sleep(0.02)
 
 
+async def release_sleep(gcloud: StandIn, run: int) -> None:
+    """End the sleep of gcloud's ``run``-th run (a process it started, by PID): that
+    run then prints its token."""
+    def sleeps() -> list[str]:
+        return gcloud.children.read_text().split() if gcloud.children.exists() else []
+
+    await eventually(lambda: len(sleeps()) >= run)
+    os.kill(int(sleeps()[run - 1]), signal.SIGTERM)
+
+
 def in_seconds(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
 
@@ -134,14 +145,15 @@ async def test_still_valid_token_is_served_while_one_refresh_runs(gcloud: StandI
     gcloud.expiry_file.write_text(in_seconds(6))  # refresh due after half of it, ~3 s
     source = source_for(gcloud)
     assert await source.token() == "token-1"
-    gcloud.set_sleep(1.0)
+    gcloud.set_sleep(60)  # the refresh runs until the test ends its sleep
     gcloud.token.write_text("token-2")
     gcloud.expiry_file.write_text("2099-01-01T00:00:00Z")
     await asyncio.sleep(3.1)  # past the refresh time, before the expiry
-    started = time.monotonic()
     tokens = await asyncio.gather(*(source.headers(timeout=5) for _ in range(20)))
-    assert time.monotonic() - started < 0.5, "callers waited for the refresh"
     assert {h["Authorization"] for h in tokens} == {"Bearer token-1"}
+    # answered while the refresh was still running: nobody waited for it
+    assert source.refreshes == 1
+    await release_sleep(gcloud, run=2)
     await eventually(lambda: source.refreshes == 2)
     assert await source.token() == "token-2"
     assert gcloud.run_count == 2  # one background refresh for all twenty callers
@@ -157,17 +169,18 @@ async def test_expired_token_is_not_served(gcloud: StandIn) -> None:
 
 
 async def test_wait_is_bounded_and_the_refresh_goes_on(gcloud: StandIn) -> None:
-    gcloud.set_sleep(1.5)
+    gcloud.set_sleep(60)  # gcloud answers when the test ends its sleep
     source = source_for(gcloud)
-    started = time.monotonic()
     with pytest.raises(CredentialError) as info:
-        await source.headers(timeout=0.3)
-    assert time.monotonic() - started < 1.0
+        # 30 s: a bound on the test, far from the caller's 0.3 s and from gcloud's 60 s
+        await asyncio.wait_for(source.headers(timeout=0.3), 30)
     message = str(info.value)
     assert "gcloud did not produce an access token within 0.3s" in message
     assert "'remote'" in message and "token-1" not in message
     # the run the first caller gave up on serves the next one: no second gcloud
-    assert await source.headers(timeout=5) == {"Authorization": "Bearer token-1"}
+    next_caller = asyncio.ensure_future(source.headers(timeout=30))
+    await release_sleep(gcloud, run=1)
+    assert await next_caller == {"Authorization": "Bearer token-1"}
     assert gcloud.run_count == 1
     assert source.state()["ok"] is True  # a caller's deadline is not a source failure
 
