@@ -4,9 +4,9 @@
   jupyter_server caused itself with a 5xx;
 * remote: zero misrouted; every failed operation overlaps a down window (+ grace),
   concerns a kernel/session that died with an earlier restart ("stale"), is the
-  remote's own 5xx, or is an execute on a kernel the remote's log shows dying at start
-  (jupyter_client's port race, one failure per such kernel); after each restart remote
-  executes succeed again;
+  remote's own 5xx, or is an operation refused (1011) on a kernel the backend's log
+  shows dying at start (jupyter_client's port race, matched by the port to that kernel's
+  id, one failure per such kernel); after each restart remote executes succeed again;
 * the work happened: replies on both backends, a restart, switches both ways;
 * the probes' checks (``probes.py``), then nothing orphaned, the mixer alive and no
   traceback in its log.
@@ -23,14 +23,17 @@ from .ledger import Ledger
 from .probes import Check, Section
 
 
-def explain(ledger: Ledger, grace: float, failed_starts: dict[str, int] | None = None) -> None:
+def explain(ledger: Ledger, grace: float, failed_starts: dict[str, list[str]] | None = None) -> None:
     """Label each failure with what explains it ("" when nothing does).
 
-    ``failed_starts``: per backend, kernels its log shows dying at start (a port taken
-    between jupyter_client's choice and the kernel's bind: upstream). Each explains at
-    most one lost execute on that backend, whose websocket the mixer had to refuse.
+    ``failed_starts``: per backend, the ids of the kernels its log shows dying at start
+    (a port taken between jupyter_client's choice and the kernel's bind: upstream).
+    Such a kernel explains one failure of an operation on that very kernel whose
+    websocket was closed with 1011 (the mixer refusing it), and nothing else: a 1011
+    for an unreachable backend, or on another kernel, stays unexplained.
     """
-    budget = dict(failed_starts or {})
+    budget = {(backend, kernel) for backend, kernels in (failed_starts or {}).items()
+              for kernel in kernels}
     for f in ledger.failures:
         for w in ledger.windows:
             up = w.up if w.up is not None else float("inf")
@@ -44,8 +47,8 @@ def explain(ledger: Ledger, grace: float, failed_starts: dict[str, int] | None =
                 f.explained = "stale"
             elif f.backend_5xx:
                 f.explained = "backend's own 5xx"
-            elif budget.get(f.backend, 0) > 0 and "close_code=1011" in f.detail:
-                budget[f.backend] -= 1
+            elif (f.backend, f.kernel) in budget and "close_code=1011" in f.detail:
+                budget.discard((f.backend, f.kernel))
                 f.explained = "kernel failed to start on the backend"
 
 

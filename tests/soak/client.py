@@ -14,6 +14,7 @@ import itertools
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -52,7 +53,19 @@ class MixerClient:
     async def start_kernel(self, backend: str) -> str:
         model = await self.call("POST", "/api/kernels", {"name": SPECS[backend]}, expect=(201,))
         self.ledger.tally[backend].kernels_started += 1
+        self.note_ports(backend, model["id"])
         return model["id"]
+
+    def note_ports(self, backend: str, kernel_id: str) -> None:
+        """The kernel's ports, from its connection file in the backend's runtime directory
+        (written before the kernel is launched; read at once, before any restart of
+        the kernel picks new ones): what the backend's log names when a port was taken."""
+        server = self.stack.local if backend == "local" else self.stack.remote
+        path = Path(server.process.env["JUPYTER_RUNTIME_DIR"]) / f"kernel-{kernel_id}.json"
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(path.read_text())
+            ports = {v for k, v in info.items() if k.endswith("_port") and isinstance(v, int)}
+            self.ledger.note_ports(backend, kernel_id, ports)
 
     async def stop_kernel(self, backend: str, kernel_id: str) -> None:
         await self.call("DELETE", f"/api/kernels/{kernel_id}", expect=(204,))

@@ -35,6 +35,7 @@ class Failure:
     stale: bool = False  # about an object created before a restart that happened since
     backend_5xx: bool = False  # the backend's own 5xx (jupyter_server's bug), passed on or named
     created: float | None = None  # when the kernel/session the operation used was created
+    kernel: str | None = None  # the kernel the operation used, when it had one
     explained: str = ""  # "down window" / "stale" / "backend's own 5xx" / "" (unexplained)
 
 
@@ -93,6 +94,9 @@ class Ledger:
         self.switches: Counter[str] = Counter()
         self.successes_after: dict[str, list[float]] = {b: [] for b in BACKENDS}  # execute reply times
         self.latency: dict[str, list[float]] = {b: [] for b in BACKENDS}  # seconds per checked execute
+        # (backend, port) -> kernels started with that port (from their connection files),
+        # to tell which kernel a backend's "Address already in use" was about
+        self.kernel_ports: dict[tuple[str, int], set[str]] = {}
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -116,24 +120,33 @@ class Ledger:
         exc: BaseException,
         t0: float,
         created: float | None = None,
+        kernel: str | None = None,
     ) -> None:
         t1 = self.now()
         detail = f"{type(exc).__name__}: {exc}"[:600]
         stale = created is not None and any(created < w.down <= t0 for w in self.windows)
         own = isinstance(exc, HttpError) and exc.from_backend(backend)
         self.failures.append(
-            Failure(backend, worker, what, detail, round(t0, 3), round(t1, 3), stale, own, created)
+            Failure(backend, worker, what, detail, round(t0, 3), round(t1, 3), stale, own, created, kernel)
         )
+
+    def note_ports(self, backend: str, kernel: str, ports: set[int]) -> None:
+        for port in ports:
+            self.kernel_ports.setdefault((backend, port), set()).add(kernel)
+
+    def kernels_on_ports(self, backend: str, ports: set[int]) -> set[str]:
+        return {k for port in ports for k in self.kernel_ports.get((backend, port), ())}
 
     @contextlib.asynccontextmanager
     async def op(
-        self, backend: str, worker: str, what: str, created: float | None = None
+        self, backend: str, worker: str, what: str, created: float | None = None,
+        kernel: str | None = None,
     ) -> AsyncIterator[None]:
-        """One operation: a failure is recorded (with its time span) and re-raised."""
+        """One operation: a failure is recorded (with its time span and kernel) and re-raised."""
         t0 = self.now()
         self.tally[backend].operations += 1
         try:
             yield
         except (Exception, asyncio.TimeoutError) as exc:
-            self.fail(backend, worker, what, exc, t0, created)
+            self.fail(backend, worker, what, exc, t0, created, kernel)
             raise

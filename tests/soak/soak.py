@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import tempfile
 import time
@@ -194,10 +195,22 @@ async def delete_everything(stack: Stack, http: aiohttp.ClientSession) -> dict[s
     return dict(removed)
 
 
-KERNEL_PORT_RACE = "zmq.error.ZMQError: Address already in use"
+#: What a kernel that died at start prints, naming the port it could not bind.
+KERNEL_PORT_RACE = re.compile(r"zmq\.error\.ZMQError: Address already in use \(addr='tcp://[^']*:(\d+)'\)")
 
 
-async def end_state(stack: Stack, http: aiohttp.ClientSession) -> dict[str, Any]:
+def kernels_failed_to_start(stack: Stack, ledger: Ledger) -> dict[str, list[str]]:
+    """Per backend, the kernels its log shows dying at start: the port in each
+    "Address already in use" traceback, matched to the kernels started with that port
+    (their connection files, read by ``MixerClient.note_ports``)."""
+    out = {}
+    for name, server in (("local", stack.local), ("remote", stack.remote)):
+        ports = {int(p) for p in KERNEL_PORT_RACE.findall(server.process.log_text())}
+        out[name] = sorted(ledger.kernels_on_ports(name, ports))
+    return out
+
+
+async def end_state(stack: Stack, http: aiohttp.ClientSession, ledger: Ledger) -> dict[str, Any]:
     """The mixer alive, the orphans deleted, the tracebacks and backend errors logged."""
     mixer_alive = stack.mixer.running()
     cleanup = await delete_everything(stack, http)
@@ -211,10 +224,9 @@ async def end_state(stack: Stack, http: aiohttp.ClientSession) -> dict[str, Any]
         # jupyter_client picks a kernel's ports before the kernel binds them; under this
         # load another socket of the machine sometimes takes one first, and the kernel
         # dies at start (upstream; the kernel's server waits for it, then fails).
-        "kernels_failed_to_start": {
-            name: server.process.log_text().count(KERNEL_PORT_RACE)
-            for name, server in (("local", stack.local), ("remote", stack.remote))
-        },
+        "kernels_failed_to_start": kernels_failed_to_start(stack, ledger),
+        # how many kernels that matching could name (their connection files were read)
+        "kernels_with_known_ports": len({k for ks in ledger.kernel_ports.values() for k in ks}),
         "cleanup": cleanup,
     }
 
@@ -234,7 +246,7 @@ async def soak(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         )
         await run_load(stack, args, client, probes)
         sections = [await probe.finish() for probe in probes]
-        extra = await end_state(stack, http)
+        extra = await end_state(stack, http, client.ledger)
         extra.update(duration=args.duration, workdir=str(stack.workdir))
         return verdict(client.ledger, args, sections, extra)
 

@@ -54,14 +54,14 @@ class Workers:
                 for round_ in range(self.args.rounds):
                     if not self.ledger.running():
                         break
-                    async with op(backend, worker, "open websocket", created):
+                    async with op(backend, worker, "open websocket", created, kernel_id):
                         conn = await c.connect(backend, kernel_id, next(protocols))
                     try:
                         if round_ == 0:
-                            async with op(backend, worker, "execute (where)", created):
+                            async with op(backend, worker, "execute (where)", created, kernel_id):
                                 await c.execute(backend, conn, WHERE, backend)
                         for _ in range(self.args.executes):
-                            async with op(backend, worker, "execute", created):
+                            async with op(backend, worker, "execute", created, kernel_id):
                                 await c.execute(backend, conn)
                     finally:
                         await c.disconnect(backend, conn)
@@ -85,10 +85,10 @@ class Workers:
                     created = self.ledger.now()
                     async with op(backend, worker, "start kernel"):
                         kernel_id = await c.start_kernel(backend)
-                async with op(backend, worker, "open websocket", created):
+                async with op(backend, worker, "open websocket", created, kernel_id):
                     conn = await c.connect(backend, kernel_id, next(protocols))
                 try:
-                    async with op(backend, worker, "execute", created):
+                    async with op(backend, worker, "execute", created, kernel_id):
                         await c.execute(backend, conn)
                 finally:
                     await c.disconnect(backend, conn)
@@ -138,17 +138,18 @@ class Workers:
             }
             session = await self.client.call("POST", "/api/sessions", body, expect=(201,))
             self.ledger.tally["local"].kernels_started += 1
+            self.client.note_ports("local", session["kernel"]["id"])
             return session
 
     async def _execute_in(self, session: dict, where: str, created: float) -> None:
         """Check the session's kernel runs on ``where``, and execute once more."""
-        c, op = self.client, self.ledger.op
-        async with op(where, "sessions", "open websocket", created):
-            conn = await c.connect(where, session["kernel"]["id"], "legacy")
+        c, op, kernel = self.client, self.ledger.op, session["kernel"]["id"]
+        async with op(where, "sessions", "open websocket", created, kernel):
+            conn = await c.connect(where, kernel, "legacy")
         try:
-            async with op(where, "sessions", "execute (where)", created):
+            async with op(where, "sessions", "execute (where)", created, kernel):
                 await c.execute(where, conn, WHERE, where)
-            async with op(where, "sessions", "execute", created):
+            async with op(where, "sessions", "execute", created, kernel):
                 await c.execute(where, conn)
         finally:
             await c.disconnect(where, conn)
@@ -165,6 +166,7 @@ class Workers:
                 raise RuntimeError(f"switch answered {json.dumps(moved)[:300]}")
         self.ledger.switches[f"{where} -> {target}"] += 1
         self.ledger.tally[target].kernels_started += 1
+        self.client.note_ports(target, moved["kernel"]["id"])
         self.ledger.tally[where].kernels_stopped += 1
         return moved
 
