@@ -1,18 +1,161 @@
-"""A backend's answers are read within a cap (``--max-backend-answer``): an answer over
+"""The Backend (backends/base.py).
+
+``Backend.authorized``, the one path of an exchange the backend may refuse (REST and
+the websocket upgrade): one retry on a 401/403 with fresh credentials, the credentials
+told what the backend took, the health record.
+
+A backend's answers are read within a cap (``--max-backend-answer``): an answer over
 it is a 502 naming the backend and the cap, read no further than needed to know (its
 Content-Length, else counting), its connection closed, and the mixer keeps serving."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
 
+from notebook_kernels_mixer.backends import Backend
+from notebook_kernels_mixer.backends.credentials import Credentials
+from notebook_kernels_mixer.config import BackendConfig
+from notebook_kernels_mixer.errors import NotFound
+from notebook_kernels_mixer.relay.upgrade import Dialer
+from tests.fakes import FakeJupyter
 from tests.flood import Flood
 from tests.unit.conftest import Mixer
+
+
+class Rotating(Credentials):
+    """Hands out ``tokens`` in turn, the next one after each refusal (while there is
+    one); records what the backend refused and what it took."""
+
+    kind = "token"
+
+    def __init__(self, *tokens: str) -> None:
+        self.tokens = list(tokens)
+        self.refused: list[str] = []
+        self.taken: list[str] = []
+
+    async def headers(self, timeout: float | None = None) -> dict[str, str]:
+        return {"Authorization": f"token {self.tokens[0]}"}
+
+    def rejected(self, headers: Mapping[str, str]) -> bool:
+        self.refused.append(headers["Authorization"])
+        if len(self.tokens) == 1:
+            return False
+        self.tokens.pop(0)
+        return True
+
+    def accepted(self, headers: Mapping[str, str]) -> None:
+        self.taken.append(headers["Authorization"])
+
+
+@dataclass
+class Answer:
+    status: int
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[list[Backend]]:
+    made: list[Backend] = []
+    yield made
+    for backend in made:
+        await backend.close()  # and its health probe
+
+
+def backend_with(made: list[Backend], credentials: Credentials, url: str = "http://127.0.0.1:1/") -> Backend:
+    backend = Backend(BackendConfig("b", "", url), credentials)
+    made.append(backend)
+    return backend
+
+
+async def test_a_refusal_is_tried_once_more_with_fresh_credentials(backends: list[Backend]) -> None:
+    credentials = Rotating("old", "new")
+    backend = backend_with(backends, credentials)
+    answers = {"token old": Answer(401), "token new": Answer(200)}
+    sent: list[str] = []
+
+    async def send(auth: Mapping[str, str]) -> Answer:
+        sent.append(auth["Authorization"])
+        return answers[auth["Authorization"]]
+
+    got = await backend.authorized(send, time.monotonic() + 5, "GET /api/kernels")
+    assert got is answers["token new"] and not got.closed
+    assert answers["token old"].closed  # the refused answer is dropped
+    assert sent == ["token old", "token new"]
+    assert credentials.refused == ["token old"] and credentials.taken == ["token new"]
+    assert backend.health.last_ok is not None and backend.health.failures == 0
+
+
+async def test_a_second_refusal_is_handed_on(backends: list[Backend]) -> None:
+    credentials = Rotating("old", "new", "newer")
+    backend = backend_with(backends, credentials)
+    sent: list[str] = []
+
+    async def send(auth: Mapping[str, str]) -> Answer:
+        sent.append(auth["Authorization"])
+        return Answer(403)
+
+    got = await backend.authorized(send, time.monotonic() + 5, "GET /api/kernels")
+    assert got.status == 403 and not got.closed
+    assert sent == ["token old", "token new"]  # two attempts at most
+    assert credentials.taken == []
+
+
+# status → (the credentials are told it was taken, health: "ok", "failure" or None)
+OUTCOMES = {200: (True, "ok"), 101: (True, "ok"), 404: (True, "ok"), 403: (False, "ok"),
+            503: (True, "failure"), 500: (True, None), 502: (True, None)}
+
+
+@pytest.mark.parametrize("status", list(OUTCOMES))
+async def test_what_an_answer_tells_the_credentials_and_the_health(
+        backends: list[Backend], status: int) -> None:
+    credentials = Rotating("only")  # a refusal is not retried: no fresher credentials
+    backend = backend_with(backends, credentials)
+
+    async def send(auth: Mapping[str, str]) -> Answer:
+        return Answer(status)
+
+    got = await backend.authorized(send, time.monotonic() + 5, "GET /api/kernels")
+    assert got.status == status and not got.closed
+    taken, health = OUTCOMES[status]
+    assert credentials.taken == (["token only"] if taken else [])
+    assert (backend.health.last_ok is not None) == (health == "ok")
+    assert backend.health.failures == (1 if health == "failure" else 0)
+
+
+def handshake() -> dict[str, str]:
+    return {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+
+
+async def test_a_websocket_upgrade_takes_the_same_path(backends: list[Backend]) -> None:
+    fake = await FakeJupyter("remote", token="new").start()
+    try:
+        credentials = Rotating("old", "new")
+        backend = backend_with(backends, credentials, fake.url)
+        kernel = fake._new_kernel("python3")
+        upgrade = await Dialer(backend).upgrade(f"/api/kernels/{kernel['id']}/channels", "", handshake())
+        assert upgrade.status == 101
+        upgrade.close()
+        assert credentials.refused == ["token old"]  # 403 from the fake, then a retry
+        assert credentials.taken == ["token new"]  # and the new token was taken
+        assert [s.headers.get("Authorization") for s in fake.seen] == ["token old", "token new"]
+        assert backend.health.last_ok is not None
+        with pytest.raises(NotFound):
+            await Dialer(backend).upgrade("/api/kernels/nope/channels", "", handshake())
+    finally:
+        await fake.stop()
+
 
 CAP = 1024 * 1024  # the cap of these tests: 1 MiB
 HUGE = 128 * CAP  # what the hostile backend would send: 128 MiB

@@ -4,8 +4,12 @@ A backend owns its HTTP connection pool, credentials, timeouts, error mapping an
 health. Every HTTP request the mixer makes goes through ``Backend.request`` (or
 ``open_stream`` for the catch-all proxy), so network failures become the error tree
 (``errors``) in one place and the health record stays current. Websocket upgrades are
-the relay's business (``relay.upgrade``); they use ``url_for``, ``auth_headers``,
-``map_error`` and ``health`` from here.
+the relay's business (``relay.upgrade``); they use ``url_for``, ``authorized``,
+``failed`` and ``health`` from here.
+
+``authorized`` is the one path of an exchange that the backend may refuse: the
+credentials, one retry on a 401/403 with fresh ones, and the health record. REST
+requests (``exchange``) and websocket upgrades both go through it.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -25,7 +29,6 @@ from yarl import URL
 from notebook_kernels_mixer import jsonutil
 from notebook_kernels_mixer.backends.credentials import CredentialError, Credentials
 from notebook_kernels_mixer.backends.health import Health
-from notebook_kernels_mixer.config import BackendConfig
 from notebook_kernels_mixer.errors import (
     BackendError,
     BackendTimeout,
@@ -33,6 +36,9 @@ from notebook_kernels_mixer.errors import (
     NotFound,
     UpstreamError,
 )
+
+if TYPE_CHECKING:  # config imports backends.kinds, which imports this package
+    from notebook_kernels_mixer.config import BackendConfig
 
 _XSRF = "mixer-" + secrets.token_hex(8)
 
@@ -51,6 +57,19 @@ def _bytes(n: int) -> str:
         if n >= size and n % size == 0:
             return f"{n // size} {unit}"
     return f"{n} bytes"
+
+
+class Answer(Protocol):
+    """What one attempt of ``Backend.authorized`` gives back: an answer with a status,
+    which can be dropped unread (an aiohttp response, a websocket upgrade)."""
+
+    @property
+    def status(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=Answer)
 
 
 @dataclass(frozen=True)
@@ -178,41 +197,62 @@ class Backend:
         body = None if json is None else jsonutil.dumps(json)
         send = self._headers(method, headers, body is not None)
         what = f"{method} {path}"
-        limit = timeout or self.config.request_timeout
-        deadline = time.monotonic() + limit
-        for attempt in (1, 2):
-            auth = await self.auth_headers(max(deadline - time.monotonic(), 0.001))
+        deadline = time.monotonic() + (timeout or self.config.request_timeout)
+
+        async def attempt(auth: Mapping[str, str]) -> aiohttp.ClientResponse:
             send.update(auth)
-            started = time.perf_counter()
             client_timeout = aiohttp.ClientTimeout(total=max(deadline - time.monotonic(), 0.001))
             try:
-                resp = await self.http.request(
+                return await self.http.request(
                     method, self.url_for(path, query), data=body, headers=send,
                     timeout=client_timeout, allow_redirects=False,
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 raise self.failed(exc, what) from None
-            if resp.status in (401, 403):
+
+        resp = await self.authorized(attempt, deadline, what)
+        try:
+            yield resp
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            resp.close()
+            raise self.failed(exc, what) from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+
+    async def authorized(self, send: Callable[[Mapping[str, str]], Awaitable[AnswerT]],
+                         deadline: float, what: str) -> AnswerT:
+        """``send`` with this backend's credentials, by ``deadline`` (``time.monotonic``);
+        the one path of every exchange the backend may refuse (REST, websocket upgrade):
+
+        * the credentials, had within what is left of the deadline (else a 503,
+          recorded in the health);
+        * ``send(auth)`` makes one attempt with the headers ``auth`` added to its own
+          and maps its connection errors itself (``failed``);
+        * a 401/403 is tried once more if fresh credentials could help
+          (``Credentials.rejected``), the refused answer closed; any other answer
+          tells the credentials they were ``accepted``;
+        * the health: a 503 is a failure, any other answer below 500 a success with
+          its latency (a 5xx is neither: the backend is there, but broken for this
+          call).
+
+        The answer is returned unread (``what`` names the exchange in errors)."""
+        for attempt in (1, 2):
+            auth = await self.auth_headers(max(deadline - time.monotonic(), 0.001))
+            started = time.perf_counter()
+            answer = await send(auth)
+            if answer.status in (401, 403):
                 if attempt == 1 and self.credentials.rejected(auth):
-                    resp.close()
+                    answer.close()
                     continue
             else:
                 self.credentials.accepted(auth)
-            if resp.status == 503:
+            if answer.status == 503:
                 self.health.failure(BackendUnavailable(self.name, f"{what}: HTTP 503"))
-            elif resp.status < 500:
-                # A 5xx is neither: the backend is there, but broken for this call.
+            elif answer.status < 500:
                 self.health.success(time.perf_counter() - started)
-            try:
-                yield resp
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                resp.close()
-                raise self.failed(exc, what) from None
-            except BaseException:
-                resp.close()
-                raise
-            resp.release()
-            return
+            return answer
         raise AssertionError("unreachable")
 
     def too_large(self, what: str, size: str) -> BackendError:
@@ -223,7 +263,7 @@ class Backend:
             "an answer from a backend (--max-backend-answer)"
         )
 
-    async def iter_capped(self, resp: aiohttp.ClientResponse, what: str) -> AsyncIterator[bytes]:
+    async def iter_capped(self, resp: aiohttp.ClientResponse, what: str) -> AsyncGenerator[bytes, None]:
         """The body of ``resp`` as it arrives; a ``BackendError`` (502, naming the backend
         and the cap) as soon as it is known to be over the cap: by its Content-Length
         before anything is read, else by counting (a chunked answer)."""

@@ -12,7 +12,8 @@ nothing needs decoding, re-masking or re-framing, and many small messages cost o
 ``UpgradeConnection`` is the asyncio protocol of the backend leg: it collects the
 answer's head, then passes every byte to a ``Sink`` (the relay's tunnel).
 ``Dialer.upgrade`` opens such a connection to one backend, with that backend's
-credentials, within the backend's request timeout (credentials included).
+credentials, within the backend's request timeout (credentials included), through
+``Backend.authorized`` as REST requests do (retry on 401/403, health).
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ class UpgradeConnection(asyncio.Protocol):
 
 @dataclass(frozen=True)
 class Upgrade:
-    """A backend connection that answered a websocket upgrade with 101."""
+    """A backend connection's answer to a websocket upgrade (101 if it took it)."""
 
+    status: int
     connection: UpgradeConnection
     headers: CIMultiDict[str]
     #: Bytes the backend sent right after its head (already websocket frames).
@@ -143,6 +145,10 @@ class Upgrade:
     def transport(self) -> asyncio.Transport:
         assert self.connection.transport is not None
         return self.connection.transport
+
+    def close(self) -> None:
+        """Drop the connection (an answer other than 101)."""
+        self.transport.close()
 
 
 class Dialer:
@@ -161,37 +167,36 @@ class Dialer:
     async def upgrade(self, path: str, query: str, headers: Mapping[str, str]) -> Upgrade:
         """Send the upgrade (the client's handshake headers plus the backend's
         credentials); return once the backend said 101. A 401/403 is retried once
-        with fresh credentials; 404 means no such kernel (``NotFound``)."""
+        with fresh credentials (``Backend.authorized``); 404 means no such kernel
+        (``NotFound``)."""
         backend = self.backend
         for name, value in headers.items():
             if any(c in name or c in value for c in "\r\n\0"):
                 raise BadRequest(f"invalid characters in header {name!r}")
         url = backend.url_for(path, query)
         deadline = time.monotonic() + backend.config.request_timeout
-        for attempt in (1, 2):
-            auth = await backend.auth_headers(max(deadline - time.monotonic(), 0.001))
+        what = f"websocket upgrade for {path}"
+
+        async def attempt(auth: Mapping[str, str]) -> Upgrade:
             lines = [f"GET {url.raw_path_qs} HTTP/1.1", f"Host: {url.raw_authority}"]
             lines += [f"{k}: {v}" for k, v in {**headers, **auth}.items()]
-            started = time.perf_counter()
-            status, upgrade = await self._exchange(url, lines, deadline, path)
-            if status == 101:
-                backend.health.success(time.perf_counter() - started)
-                return upgrade
-            upgrade.transport.close()
-            if status in (401, 403) and attempt == 1 and backend.credentials.rejected(auth):
-                continue
-            if status == 404:
-                raise NotFound(f"backend {backend.name!r} has no such kernel")
-            raise BackendError(backend.name, f"refused the websocket for {path}: HTTP {status}")
-        raise AssertionError("unreachable")
+            return await self._exchange(url, lines, deadline, what)
 
-    async def _exchange(self, url: URL, lines: list[str], deadline: float,
-                        path: str) -> tuple[int, Upgrade]:
+        upgrade = await backend.authorized(attempt, deadline, what)
+        if upgrade.status == 101:
+            return upgrade
+        upgrade.close()
+        if upgrade.status == 404:
+            raise NotFound(f"backend {backend.name!r} has no such kernel")
+        raise BackendError(backend.name, f"refused the websocket for {path}: HTTP {upgrade.status}")
+
+    async def _exchange(self, url: URL, lines: list[str], deadline: float, what: str) -> Upgrade:
         transport: asyncio.Transport | None = None
         try:
             remaining = max(deadline - time.monotonic(), 0.001)
-            transport, conn = await asyncio.wait_for(self._connect(url), remaining)
-            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            connected, conn = await asyncio.wait_for(self._connect(url), remaining)
+            transport = connected
+            connected.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             # The answer gets a budget of its own: jupyter_server answers the upgrade only
             # once the kernel is ready, which takes a while on a busy machine.
             limit = self.backend.config.request_timeout
@@ -199,14 +204,14 @@ class Dialer:
         except UpgradeError as exc:
             if transport is not None:
                 transport.close()
-            error = BackendError(self.backend.name, f"{exc} to the websocket upgrade for {path}")
+            error = BackendError(self.backend.name, f"{exc} to the {what}")
             self.backend.health.failure(error)
             raise error from None
         except (OSError, asyncio.TimeoutError) as exc:
             if transport is not None:
                 transport.close()
-            raise self.backend.failed(exc, f"websocket upgrade for {path}") from None
-        return status, Upgrade(conn, answer, rest)
+            raise self.backend.failed(exc, what) from None
+        return Upgrade(status, conn, answer, rest)
 
     async def _connect(self, url: URL) -> tuple[asyncio.Transport, UpgradeConnection]:
         loop = asyncio.get_running_loop()
@@ -228,6 +233,6 @@ class Dialer:
             except OSError as exc:
                 last = exc
                 continue
-            return cast(asyncio.Transport, transport), conn
+            return transport, conn
         self._addresses = None
         raise last or OSError(f"no address for {host}")
