@@ -40,6 +40,12 @@ class Mixer:
 MixerFactory = Callable[..., Awaitable[Mixer]]
 
 
+async def two_backends(fakes: Any, mixer: Any, **kwargs: Any) -> tuple[Any, Any, Mixer]:
+    """A local and a remote fake behind one mixer: the shape most tests need."""
+    local, remote = await fakes("local"), await fakes("remote")
+    return local, remote, await mixer([("local", local), ("remote", remote)], **kwargs)
+
+
 @pytest.fixture
 async def fakes() -> AsyncIterator[Callable[..., Awaitable[FakeJupyter]]]:
     started: list[FakeJupyter | Blackhole] = []

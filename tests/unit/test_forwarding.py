@@ -2,9 +2,11 @@
 client's token, however its key is spelt; Origin/Referer by SPEC §6."""
 
 import pytest
+from aiohttp import WSMsgType
 
 from notebook_kernels_mixer.backends.forwarding import forwarded_query, origin_headers
 from tests.unit.conftest import TOKEN
+from tests.unit.conftest import two_backends as two
 
 
 @pytest.mark.parametrize(
@@ -57,3 +59,32 @@ def test_a_foreign_origin_reaches_the_local_server_as_it_is_and_no_remote() -> N
     assert origin_headers(client, **ORIGINS, local=True) == {
         "Origin": "https://lab.example.org", "Referer": "https://lab.example.org/"}
     assert origin_headers(client, **ORIGINS, local=False) == {}
+
+
+async def test_the_clients_token_reaches_no_backend(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    referer = {"Referer": f"{m.url}/lab/tree/nb.ipynb?token={TOKEN}", "Origin": m.url}
+    q = f"?token={TOKEN}"
+    status, k = await m.call("POST", "/api/kernels" + q, json={"name": "remote-python3"},
+                             headers=m.headers(**referer))
+    assert status == 201
+    for path in ("/api/kernels", f"/api/kernels/{k['id']}", "/api/kernelspecs", "/api/sessions",
+                 "/lab/tree/x", "/api/contents"):
+        status, _ = await m.call("GET", path + q, headers={**referer, "Authorization": f"token {TOKEN}"})
+        assert status in (200, 404), path
+    ws_url = m.url.replace("http", "ws") + f"/api/kernels/{k['id']}/channels?session_id=s1&token={TOKEN}"
+    async with m.session.ws_connect(ws_url, headers=referer) as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive(timeout=5)).type is WSMsgType.TEXT
+    seen = local.seen + remote.seen
+    assert any(s.path.endswith("/channels") for s in remote.seen)
+    assert any(s.path == "/lab/tree/x" for s in local.seen)
+    for s in seen:
+        assert TOKEN not in s.query, (s.method, s.path, s.query)
+        assert TOKEN.encode() not in s.body, (s.method, s.path)
+        for name, value in s.headers.items():
+            assert TOKEN not in value, (s.method, s.path, name, value)
+    # what is kept: the rest of the query, and a Referer reduced to the backend's origin
+    channels = next(s for s in remote.seen if s.path.endswith("/channels"))
+    assert channels.query == "session_id=s1"
+    assert channels.headers.get("Referer") == remote.url

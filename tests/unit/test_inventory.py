@@ -3,6 +3,7 @@ and the durable state together, so no handler has to keep them in step."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.errors import BackendError
 from notebook_kernels_mixer.inventory import Inventory, Listing
 from notebook_kernels_mixer.state import MEMORY, StateError, StateStore
+from tests.unit.conftest import two_backends as two
 from tests.unit.inventory_fakes import stub
 
 
@@ -169,3 +171,22 @@ async def test_a_deleted_session_is_forgotten_on_its_backend(state) -> None:
     got = await listed(inv, Listing.SESSIONS, {"local": [], "remote": BackendError("r", "down")})
     assert got["remote"][0] == []
     assert inv.sizes()["sessions"] == 0
+
+
+async def test_a_kernel_id_on_two_backends_belongs_to_its_creator(fakes, mixer, caplog) -> None:
+    local, remote, m = await two(fakes, mixer)
+    status, k = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
+    assert status == 201
+    # the same id appears on the local backend (a chosen KERNEL_ID, a buggy backend)
+    local.kernels[k["id"]] = {**remote.kernels[k["id"]]}
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            status, listed = await m.call("GET", "/api/kernels")
+            assert [x["name"] for x in listed if x["id"] == k["id"]] == ["remote-python3"]
+    assert sum("exists on backends" in r.getMessage() for r in caplog.records) == 1
+    # a client may not choose an id the mixer already routes
+    status, err = await m.call("POST", "/api/kernels", json={
+        "name": "local-python3", "env": {"KERNEL_ID": k["id"]}})
+    assert status == 409 and "already in use" in err["message"]
+    status, _ = await m.call("DELETE", f"/api/kernels/{k['id']}")
+    assert status == 204 and k["id"] not in remote.kernels and k["id"] in local.kernels

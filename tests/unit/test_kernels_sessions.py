@@ -1,14 +1,12 @@
 """Routing of kernels and sessions to their owners, and the cross-backend switch."""
 
+import asyncio
+
 from aiohttp import web
 
 from tests.fakes import FakeJupyter
 from tests.unit.conftest import Mixer
-
-
-async def two(fakes, mixer, **kwargs):
-    local, remote = await fakes("local"), await fakes("remote")
-    return local, remote, await mixer([("local", local), ("remote", remote)], **kwargs)
+from tests.unit.conftest import two_backends as two
 
 
 async def test_kernel_lifecycle_is_routed_by_prefix_and_id(fakes, mixer) -> None:
@@ -223,3 +221,43 @@ async def test_move_keeps_empty_fields_and_null_kernel_is_400(fakes, mixer) -> N
     assert status == 200 and moved["name"] == ""
     status, err = await m.call("POST", "/api/sessions", json={"path": "b", "kernel": None})
     assert status == 400 and "'kernel'" in err["message"]
+
+
+async def test_concurrent_moves_of_one_session_leave_no_orphan(fakes, mixer) -> None:
+    local, remote = await fakes("local"), await fakes("remote")
+    third = await fakes("third")
+    m: Mixer = await mixer([("local", local), ("remote", remote), ("third", third)])
+    status, s = await m.call("POST", "/api/sessions",
+                             json={"path": "nb.ipynb", "kernel": {"name": "local-python3"}})
+    assert status == 201
+    remote.delay = third.delay = 0.2  # both moves are in flight at once
+    results = await asyncio.gather(*(
+        m.call("PATCH", f"/api/sessions/{s['id']}", json={"kernel": {"name": name}})
+        for name in ("remote-python3", "third-python3")
+    ))
+    assert [status for status, _ in results] == [200, 200]
+    remote.delay = third.delay = 0
+    kernels = {**local.kernels, **remote.kernels, **third.kernels}
+    sessions = {**local.sessions, **remote.sessions, **third.sessions}
+    assert len(sessions) == 1 and len(kernels) == 1, (sessions, kernels)
+    status, got = await m.call("GET", f"/api/sessions/{s['id']}")
+    assert got["kernel"]["id"] in kernels
+
+
+async def test_a_request_without_a_kernel_name_uses_the_advertised_default(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer, list_timeout=0.3)
+    status, specs = await m.call("GET", "/api/kernelspecs")
+    assert specs["default"] == "remote-python3"
+    status, k = await m.call("POST", "/api/kernels", json={})
+    assert status == 201 and k["name"] == "remote-python3"
+    await remote.stop()  # the listing soon advertises the local default ...
+    for _ in range(60):
+        status, specs = await m.call("GET", "/api/kernelspecs")
+        if specs["default"] == "local-python3":
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200 and specs["default"] == "local-python3"
+    status, k = await m.call("POST", "/api/kernels", json={})  # ... and starts it there
+    assert status == 201 and k["name"] == "local-python3" and k["id"] in local.kernels
+    status, s = await m.call("POST", "/api/sessions", json={"path": "a.ipynb"})
+    assert status == 201 and s["kernel"]["name"] == "local-python3"

@@ -1,5 +1,5 @@
-"""Websocket abuse (issue 5): garbage and oversized frames, peers that vanish mid-
-message, many open/close cycles. The relay never hangs, closes both sides, and leaks
+"""The splice under abuse (relay/tunnel.py): garbage and oversized frames, peers that vanish
+mid-message, many open/close cycles. The relay never hangs, closes both sides, and leaks
 no connection, task or file descriptor.
 
 "Both sides" is seen from both ends: the mixer's count of relayed sockets
