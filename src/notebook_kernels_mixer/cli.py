@@ -1,8 +1,14 @@
-"""The ``mixer`` command: flags (compatible with the Go original) → MixerConfig → run.
+"""The ``mixer`` command: flags (compatible with the Go original) and config files →
+MixerConfig → run.
 
 ``mixer [flags]`` runs the mixer; ``mixer lab`` starts the whole topology;
 ``mixer status`` prints the status of a running mixer. Flags may be spelt with one
 dash, as Go's flag package allows (``-port=9991``), so old command lines keep working.
+
+The configuration is built in layers, each winning over the one before:
+the flags' defaults < the ``--config`` files (``config_file``) < the flags given on the
+command line. argv is parsed once (``parse_flags``); ``config_from_flags`` lays the
+layers out (its docstring has the rules for backends).
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from notebook_kernels_mixer import __version__
+from notebook_kernels_mixer.backends import kinds
 from notebook_kernels_mixer.config import (
     LOOPBACK_HOSTS,
     MAX_BACKEND_ANSWER,
@@ -25,24 +33,23 @@ from notebook_kernels_mixer.config import (
     MixerConfig,
     parse_duration,
 )
+from notebook_kernels_mixer.config_file import FileSettings, load_files
 
 log = logging.getLogger("notebook_kernels_mixer")
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs: object) -> None:
-    if parser.argument_default is argparse.SUPPRESS:
-        kwargs.pop("default", None)
+def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs: Any) -> None:
     names = [f"--{name}", f"-{name}"]
     for alias in aliases:
         names += [f"--{alias}", f"-{alias}"]
-    parser.add_argument(*names, **kwargs)  # type: ignore[arg-type]
+    parser.add_argument(*names, **kwargs)
 
 
-def mixer_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
-    """The flags; ``defaults=False`` leaves out every flag not given (``given_options``)."""
+def mixer_parser() -> argparse.ArgumentParser:
+    """The flags, with the defaults ``--help`` and the README show (``parse_flags``
+    tells the flags given from these defaults)."""
     parser = argparse.ArgumentParser(
         prog="mixer",
-        argument_default=None if defaults else argparse.SUPPRESS,
         description=(
             "Notebook Kernels Mixer: one Jupyter kernel API that merges the kernelspecs, "
             "kernels and sessions of a local Jupyter server with those of remote "
@@ -133,74 +140,218 @@ def _duration_or_zero(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0s") else parse_duration(text)
 
 
-def given_options(argv: Sequence[str]) -> set[str]:
-    """The ``dest`` of every flag actually given in ``argv`` (not defaulted): given
-    flags win over config files, defaults do not."""
-    namespace, _ = mixer_parser(defaults=False).parse_known_args(list(argv))
-    return set(vars(namespace))
+#: Flags whose text becomes a number of seconds. The parser keeps the text, so that
+#: ``--help`` and the README show the default as it is written ("10s").
+_SECONDS: dict[str, Callable[[str], float]] = {
+    "context_request_timeout": parse_duration,
+    "list_timeout": parse_duration,
+    "retention": _duration_or_zero,
+    "listing_window": _duration_or_zero,
+}
 
 
-def remote_url(args: argparse.Namespace) -> str | None:
-    if args.remote_url:
-        return str(args.remote_url)
-    if args.mixer_project and args.mixer_region:
-        return f"https://{args.mixer_project}-dot-{args.mixer_region}.{args.mixer_host}"
+class _OnlyGiven(argparse.Namespace):
+    """A namespace in which every flag not given stays out.
+
+    argparse fills in a flag's default only when the namespace lacks the attribute;
+    this one reads every missing public attribute as None, so it receives only what
+    the command line says (an ``append`` flag starts from an empty list, as it would
+    from a None default)."""
+
+    def __getattr__(self, name: str) -> None:
+        if name.startswith("_"):  # argparse's own bookkeeping attributes
+            raise AttributeError(name)
+        return None
+
+
+@dataclass(frozen=True)
+class Flags:
+    """The command line, parsed once: the flags given, and the defaults of the others,
+    each by its ``dest`` (durations in seconds)."""
+
+    given: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+
+    def __getitem__(self, dest: str) -> Any:
+        return self.given[dest] if dest in self.given else self.defaults[dest]
+
+
+def parse_flags(argv: Sequence[str]) -> Flags:
+    """Parse ``argv`` (once; ``--help``, ``--version`` and bad flags exit, as argparse
+    does). Durations are converted here, so a bad one is a ``ConfigError``."""
+    parser = mixer_parser()
+    given = vars(parser.parse_args(list(argv), namespace=_OnlyGiven()))
+    defaults = vars(parser.parse_args([]))
+
+    def seconds(layer: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: _SECONDS[k](v) if k in _SECONDS else v for k, v in layer.items()}
+
+    return Flags(given=seconds(given), defaults=seconds(defaults))
+
+
+def remote_url(flags: Flags) -> str | None:
+    if flags["remote_url"]:
+        return str(flags["remote_url"])
+    if flags["mixer_project"] and flags["mixer_region"]:
+        return f"https://{flags['mixer_project']}-dot-{flags['mixer_region']}.{flags['mixer_host']}"
     return None
 
 
-def google_auth_kind() -> str:
-    """Like the original, use gcloud when it is installed; else google-auth's ADC."""
-    return "gcloud" if shutil.which("gcloud") else "google-adc"
+@dataclass(frozen=True)
+class Seed:
+    """A backend the flags describe (SPEC §2: the local Jupyter server, the remote).
+
+    ``given`` holds the fields of it that flags given on the command line set: they
+    win over the fields of the file's backend that it stands for."""
+
+    config: BackendConfig
+    given: Mapping[str, Any]
 
 
-def config_from_args(args: argparse.Namespace) -> MixerConfig:
-    timeout = parse_duration(args.context_request_timeout)
-    list_timeout = min(parse_duration(args.list_timeout), timeout)
+def seeds(flags: Flags, cap: int) -> tuple[Seed, Seed | None]:
+    """The local backend (a jupyter_server on localhost) and the remote one (Google's
+    kernel service, if a url is given) of the flags."""
+    given, token = flags.given, flags["jupyter_token"]
+    timeout, list_timeout = _timeouts(flags)
     local = BackendConfig(
         name="local",
         display_suffix=" (Local)",
-        url=f"http://localhost:{args.jupyter_port}/",
-        auth="token" if args.jupyter_token else "none",
-        token=args.jupyter_token,
+        url=f"http://localhost:{flags['jupyter_port']}/",
+        auth=kinds.JUPYTER.auth_for(token),
+        token=token,
         request_timeout=timeout,
         list_timeout=list_timeout,
-        sessions="backend",  # a jupyter_server keeps its own sessions
-        max_answer_bytes=args.max_backend_answer,
+        sessions=kinds.JUPYTER.sessions,
+        max_answer_bytes=cap,
     )
-    backends = [local]
-    url = remote_url(args)
-    if url is not None:
-        backends.append(
-            BackendConfig(
-                name="remote",
-                display_suffix=" (Remote)",
-                url=url,
-                auth=google_auth_kind(),
-                request_timeout=timeout,
-                list_timeout=list_timeout,
-                gce_metadata_ip=args.gce_metadata_override_ip,
-                max_answer_bytes=args.max_backend_answer,
-            )
-        )
+    local_given: dict[str, Any] = {"url": local.url} if "jupyter_port" in given else {}
+    if "jupyter_token" in given:
+        local_given.update(auth=kinds.TOKEN.name, token=token)
+    url = remote_url(flags)
+    if url is None:
+        return Seed(local, local_given), None
+    remote = BackendConfig(
+        name="remote",
+        display_suffix=" (Remote)",
+        url=url,
+        auth=kinds.GOOGLE.auth_for(),
+        request_timeout=timeout,
+        list_timeout=list_timeout,
+        gce_metadata_ip=flags["gce_metadata_override_ip"],
+        max_answer_bytes=cap,
+    )
+    return Seed(local, local_given), Seed(remote, {"url": url})
+
+
+def _timeouts(flags: Flags, request_timeout: float | None = None) -> tuple[float, float]:
+    """A backend's (request, listing) timeouts: ``request_timeout``, else
+    ``--context_request_timeout``; ``--list-timeout``, at most either."""
+    timeout = flags["context_request_timeout"]
+    listing = min(flags["list_timeout"], timeout)
+    if request_timeout is None:
+        return timeout, listing
+    return request_timeout, min(listing, request_timeout)
+
+
+def _file_layer(files: FileSettings) -> dict[str, Any]:
+    """The ``[mixer]`` settings the files set, by the ``dest`` of the flag of the same
+    name (``token``: the token clients present, which no flag alone sets)."""
+    return {f.name: getattr(files, f.name) for f in fields(files)
+            if f.name != "backends" and getattr(files, f.name) is not None}
+
+
+def config_from_flags(flags: Flags, environ: Mapping[str, str] | None = None) -> MixerConfig:
+    """The configuration: the flags' defaults < the ``--config`` files < the flags given.
+
+    The mixer's settings are layered key by key (``port``, ``external_hostname``,
+    ``retention``, ``state_file``, ``max_backend_answer``, which caps every backend;
+    the token clients present is ``--jupyter-token``, else ``[mixer]``
+    ``token_env``/``token_file``, else the local backend's token). The backends are
+    the files' and the flags' (``backends``)."""
+    paths = flags["config"]
+    files = load_files(paths, environ) if paths else FileSettings(backends=())
+    client_token = {"token": flags.given["jupyter_token"]} if "jupyter_token" in flags.given else {}
+    values = {**flags.defaults, **_file_layer(files), **flags.given, **client_token}
+    backends, local_name = _backends(files, flags, values["max_backend_answer"])
+    default_name = next((fb.config.name for fb in files.backends if fb.default), None)
+    if default_name is None:
+        default_name = next((b.name for b in backends if b.name != local_name), local_name)
+    local = next(b for b in backends if b.name == local_name)
+    token = values.get("token")
+    if token is None and kinds.AUTHS[local.auth].token:
+        token = local.token
     return MixerConfig(
-        backends=tuple(backends),
-        default_backend=backends[-1].name,
-        local_backend="local",
-        port=args.port,
-        hosts=tuple(args.listen) if args.listen else LOOPBACK_HOSTS,
-        allow_non_loopback=args.allow_non_loopback,
-        allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
-        token=args.jupyter_token,
-        external_hostname=args.external_hostname,
-        retention=_duration_or_zero(args.retention),
-        listing_window=_duration_or_zero(args.listing_window),
-        state_file=args.state_file,
+        backends=backends,
+        default_backend=default_name,
+        local_backend=local_name,
+        port=values["port"],
+        hosts=tuple(values["listen"]) if values["listen"] else LOOPBACK_HOSTS,
+        allow_non_loopback=values["allow_non_loopback"],
+        allowed_origins=tuple(o.rstrip("/") for o in values["allow_origin"]),
+        token=token,
+        external_hostname=values["external_hostname"],
+        retention=values["retention"],
+        listing_window=values["listing_window"],
+        state_file=values["state_file"],
         log=LogConfig(
-            request_headers=args.log_all_request_headers,
-            request_responses=args.log_all_request_responses,
-            response_bodies=args.log_all_response_bodies,
+            request_headers=values["log_all_request_headers"],
+            request_responses=values["log_all_request_responses"],
+            response_bodies=values["log_all_response_bodies"],
         ),
     )
+
+
+def _backends(files: FileSettings, flags: Flags,
+              cap: int) -> tuple[tuple[BackendConfig, ...], str]:
+    """The backends (each answer capped at ``cap`` bytes), and the local one's name:
+
+    1. Backends come from the files, in file order; a timeout a file's backend does
+       not set is the flags' (``--context_request_timeout``, ``--list-timeout``).
+    2. The local backend is the one marked ``local = true``, else the one named like
+       the flags' local backend (``local``); with neither, the flags' local backend is
+       added first, exactly as without a file.
+    3. A seed flag given on the command line sets the fields of the file's backend its
+       seed stands for (``Seed.given``): ``--jupyter-port``/``--jupyter-token`` the
+       local backend's url/token, ``--remote-url`` (or project/region) the url of the
+       backend named like the flags' remote (``remote``), which is added when no file
+       declares one. ``--gce-metadata-override-ip`` applies to the backends whose auth
+       fetches Google credentials and that set no ``gce_metadata_ip``.
+    4. (``config_from_flags``) The default backend is the one marked ``default =
+       true``, else the first backend that is not the local one, else the local one.
+    """
+    local, remote = seeds(flags, cap)
+    local_name = next((fb.config.name for fb in files.backends if fb.local), None)
+    if local_name is None and any(fb.config.name == local.config.name for fb in files.backends):
+        local_name = local.config.name
+    stand_ins = [(local_name, local.given)]  # (the file's backend, what given flags set)
+    if remote is not None:
+        stand_ins.append((remote.config.name, remote.given))
+    metadata_ip = flags.given.get("gce_metadata_override_ip")
+    out: list[BackendConfig] = []
+    for fb in files.backends:
+        config = fb.config
+        timeout, list_timeout = _timeouts(flags, fb.request_timeout)
+        layer: dict[str, Any] = {"request_timeout": timeout, "max_answer_bytes": cap,
+                                 "list_timeout": fb.list_timeout or list_timeout}
+        for name, given in stand_ins:
+            if config.name == name:
+                layer.update(given)
+        if (metadata_ip is not None and kinds.AUTHS[config.auth].metadata
+                and config.gce_metadata_ip is None):
+            layer["gce_metadata_ip"] = metadata_ip
+        out.append(replace(config, **layer))
+    names = {b.name for b in out}
+    if local_name is None:
+        local_name = local.config.name
+        out.insert(0, local.config)
+    if remote is not None and remote.config.name not in names:
+        out.append(remote.config)
+    return tuple(out), local_name
+
+
+def config_from_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> MixerConfig:
+    """``config_from_flags(parse_flags(argv))``."""
+    return config_from_flags(parse_flags(argv), environ)
 
 
 def setup_logging(level: str) -> None:
@@ -211,13 +362,13 @@ def setup_logging(level: str) -> None:
     )
 
 
-def run(coro: object) -> None:
+def run(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(coro)
     else:
-        uvloop.run(coro)  # type: ignore[arg-type]
+        uvloop.run(coro)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,15 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from notebook_kernels_mixer.status_cli import main as status_main
 
         return status_main(argv[1:])
-    parser = mixer_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
     try:
-        config = config_from_args(args)
-        if args.config:
-            from notebook_kernels_mixer.config_file import apply_files
-
-            config = apply_files(args.config, config, given_options(argv))
+        flags = parse_flags(argv)  # a bad duration is a ConfigError
+        setup_logging(flags["log_level"])
+        config = config_from_flags(flags)
     except ConfigError as exc:
         print(f"mixer: {exc}", file=sys.stderr)
         return 2

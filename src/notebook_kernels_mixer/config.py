@@ -10,12 +10,15 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-AUTH_KINDS = ("none", "token", "gcloud", "google-adc")
+from notebook_kernels_mixer.backends import kinds
+
+#: The values of a backend's ``auth`` (``backends.kinds``: none, token, gcloud, google-adc).
+AUTH_KINDS = tuple(kinds.AUTHS)
 #: Who keeps a backend's notebook sessions: "backend" (its own /api/sessions,
 #: jupyter_server), "mixer" (the mixer, over the backend's kernels API: Kernel and
-#: Enterprise Gateway, whose sessions API is missing), or "auto" (ask it once; see
-#: resources/session_stores.py).
-SESSIONS_MODES = ("auto", "backend", "mixer")
+#: Enterprise Gateway, whose sessions API is missing), or "auto" (its kind's, else ask
+#: it once; see ``backends.kinds.sessions_mode`` and resources/session_stores.py).
+SESSIONS_MODES = kinds.SESSIONS_MODES
 BACKEND_NAME_RE = re.compile(r"^[a-z0-9_]+$")
 LOOPBACK_HOSTS = ("::1", "127.0.0.1")
 #: Default cap of one REST answer from a backend (``--max-backend-answer``).
@@ -95,10 +98,18 @@ class BackendConfig:
     #: Metadata server address for Google credentials (``--gce-metadata-override-ip``).
     gce_metadata_ip: str | None = None
     #: Who keeps this backend's sessions (one of SESSIONS_MODES).
-    sessions: str = "auto"
+    sessions: str = kinds.AUTO
     #: Cap of one REST answer (listing, model, kernelspec resource, error) from this
     #: backend, in bytes: a larger answer is a 502 (``--max-backend-answer``).
     max_answer_bytes: int = MAX_BACKEND_ANSWER
+    #: Culling (SPEC §7, jupyter_server's MappingKernelManager): a kernel idle for more
+    #: than this many seconds is shut down (0: never), checked every ``cull_interval``
+    #: seconds; busy ones too with ``cull_busy``, ones with clients connected too with
+    #: ``cull_connected`` (``culling.py``).
+    cull_idle_timeout: float = 0.0
+    cull_interval: float = 300.0
+    cull_connected: bool = False
+    cull_busy: bool = False
 
     def __post_init__(self) -> None:
         """The one place a backend's values are checked (flags and files alike)."""
@@ -116,8 +127,8 @@ class BackendConfig:
             raise ConfigError(
                 f"unknown auth kind {self.auth!r} (one of {', '.join(AUTH_KINDS)})", backend=self.name
             )
-        if self.auth == "token" and not self.token:
-            raise ConfigError("auth 'token' needs a token", backend=self.name)
+        if kinds.AUTHS[self.auth].token and not self.token:
+            raise ConfigError(f"auth {self.auth!r} needs a token", backend=self.name)
         if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", self.url):
             raise ConfigError(f"invalid url {self.url!r} (http or https)", backend=self.name)
         if self.request_timeout <= 0 or self.list_timeout <= 0:
@@ -126,11 +137,25 @@ class BackendConfig:
                 or self.max_answer_bytes <= 0):
             raise ConfigError("the answer cap (--max-backend-answer) must be a positive "
                               "number of bytes", backend=self.name)
+        self._check_culling()
         if self.sessions not in SESSIONS_MODES:
             raise ConfigError(
                 f"unknown sessions {self.sessions!r} (one of {', '.join(SESSIONS_MODES)})",
                 backend=self.name,
             )
+
+
+    def _check_culling(self) -> None:
+        for key in ("cull_idle_timeout", "cull_interval"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key} must be a number of seconds", backend=self.name)
+        if self.cull_idle_timeout < 0 or self.cull_interval <= 0:
+            raise ConfigError("cull_idle_timeout must not be negative (0: no culling) and "
+                              "cull_interval must be positive", backend=self.name)
+        for key in ("cull_connected", "cull_busy"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false", backend=self.name)
 
 
 @dataclass(frozen=True)
@@ -193,6 +218,3 @@ class MixerConfig:
             raise ConfigError(f"invalid port {self.port}")
         if self.retention < 0 or self.listing_window < 0:
             raise ConfigError("retention and listing window must not be negative")
-
-    def backend(self, name: str) -> BackendConfig:
-        return next(b for b in self.backends if b.name == name)

@@ -1,24 +1,11 @@
-"""Backends from TOML files (``mixer --config FILE``), combined with the seed flags.
+"""Backends and settings from TOML files (``mixer --config FILE``), read and checked.
 
-A file declares any number of places to run kernels; ``examples/mixer.toml``
-documents every key. The flags of SPEC §2 keep working and describe two backends,
-``local`` (``--jupyter-port``, ``--jupyter-token``) and ``remote`` (``--remote-url``
-or ``--mixer-project``/``--mixer-region``). With one or more files, the precedence is:
-
-1. Backends come from the files, in file order (``--config`` may be repeated).
-2. The local backend (the one that receives everything the mixer does not handle
-   itself) is the one marked ``local = true``, else the one named ``local``; when the
-   files have neither, the seed ``local`` backend is added, exactly as without a file.
-3. Seed flags given on the command line override fields of the files' backends:
-   ``--jupyter-port`` the url and ``--jupyter-token`` the token of the local backend;
-   ``--remote-url`` (or project/region) the url of the backend named ``remote``, or
-   adds the seed ``remote`` backend when no file declares one.
-   ``--gce-metadata-override-ip`` applies to Google-auth backends that set none.
-4. The default backend is the one marked ``default = true`` (at most one in all
-   files), else the first backend that is not the local one, else the local one.
-5. ``[mixer]`` settings: a flag given on the command line wins over the file, the file
-   wins over the flag's default. The token clients must present is ``--jupyter-token``
-   if given, else ``[mixer] token_env``/``token_file``, else the local backend's token.
+A file declares any number of places to run kernels (``[[backends]]``) and the mixer's
+own settings (``[mixer]``); ``examples/mixer.toml`` documents every key. The keys of a
+backend that belong to one auth kind (``token_env``/``token_file``) are declared in
+``backends.kinds``. ``cli.config_from_flags`` lays the files over the flags'
+defaults, and the flags given on the command line over the files (the precedence is
+there and in the README).
 
 Tokens are read from an environment variable (``token_env``) or a file
 (``token_file``), never written in the file or on the command line. Every error
@@ -31,24 +18,22 @@ import difflib
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from notebook_kernels_mixer.config import (
-    BackendConfig,
-    ConfigError,
-    MixerConfig,
-    parse_duration,
-)
+from notebook_kernels_mixer.backends import kinds
+from notebook_kernels_mixer.config import BackendConfig, ConfigError, parse_duration
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
+#: The keys of a ``[[backends]]`` entry: those of every backend, and those of one auth
+#: kind or another (``kinds.AUTH_KEYS``: token_env, token_file).
 BACKEND_KEYS = (
-    "name", "display_suffix", "url", "auth", "token_env", "token_file",
+    "name", "display_suffix", "url", "auth", *kinds.AUTH_KEYS,
     "request_timeout", "list_timeout", "default", "local", "sessions", "gce_metadata_ip",
 )  # fmt: skip
 MIXER_KEYS = ("port", "token_env", "token_file", "external_hostname", "retention", "state_file",
@@ -74,7 +59,9 @@ class FileBackend:
 
 @dataclass(frozen=True)
 class FileSettings:
-    """What the files say, before the flags are combined with it."""
+    """What the files say, before the flags are combined with it; a setting no file
+    gives is None. The ``[mixer]`` settings are named like the flags that override
+    them (``token``: the token clients present)."""
 
     backends: tuple[FileBackend, ...]
     port: int | None = None
@@ -164,14 +151,19 @@ def _backend(entry: Any, index: int, path: Path, env: Mapping[str, str]) -> File
     _check_keys(entry, BACKEND_KEYS, where, "")
     if "url" not in entry:
         raise ConfigFileError(f"{where}: 'url' is required (http:// or https://)")
-    auth = entry.get("auth", "none")
-    if auth != "token" and ("token_env" in entry or "token_file" in entry):
-        raise ConfigFileError(f"{where}: token_env/token_file need auth = \"token\" (auth is {auth!r})")
+    auth = entry.get("auth", kinds.NONE.name)
+    own = kinds.AUTHS.get(auth) if isinstance(auth, str) else None
+    stray = [key for key in kinds.AUTH_KEYS if key in entry and (own is None or key not in own.keys)]
+    if stray:  # e.g. a token for a backend that would not send it
+        owner = next(a for a in kinds.AUTHS.values() if stray[0] in a.keys)
+        raise ConfigFileError(
+            f"{where}: {'/'.join(owner.keys)} need auth = \"{owner.name}\" (auth is {auth!r})"
+        )
     values: dict[str, Any] = {
         key: entry[key] for key in ("url", "auth", "sessions", "gce_metadata_ip") if key in entry
     }
     values["display_suffix"] = entry.get("display_suffix", f" ({name})")
-    if auth == "token":
+    if own is not None and own.token:
         values["token"] = _read_token(entry, path, where, env)
     timeouts = {key: _duration(entry, key, where) for key in ("request_timeout", "list_timeout")}
     values.update({key: value for key, value in timeouts.items() if value is not None})
@@ -275,75 +267,3 @@ def _check_unique(backends: Sequence[FileBackend]) -> None:
                 f"{marked[1].where}: more than one backend has {role} = true "
                 f"(also {marked[0].where}); mark exactly one"
             )
-
-
-# -- combining with the flags --------------------------------------------------------------
-def combine(files: FileSettings, seed: MixerConfig, given: set[str]) -> MixerConfig:
-    """The files' backends and settings combined with the seed flags (module docstring)."""
-    seed_backends = {b.name: b for b in seed.backends}
-    seed_local = seed_backends["local"]
-    seed_remote = seed_backends.get("remote")
-    seed_gce = seed_remote.gce_metadata_ip if seed_remote else None
-    gce_flag = "gce_metadata_override_ip" in given
-    out: list[BackendConfig] = []
-    local_name = next((b.config.name for b in files.backends if b.local), None)
-    if local_name is None and any(b.config.name == "local" for b in files.backends):
-        local_name = "local"
-    default_name = next((b.config.name for b in files.backends if b.default), None)
-    for fb in files.backends:
-        config = fb.config
-        timeout = fb.request_timeout or seed_local.request_timeout
-        list_timeout = fb.list_timeout or min(seed_local.list_timeout, timeout)
-        config = replace(config, request_timeout=timeout, list_timeout=list_timeout)
-        if config.name == local_name:
-            if "jupyter_port" in given:
-                config = replace(config, url=seed_local.url)
-            if "jupyter_token" in given:
-                config = replace(config, auth="token", token=seed_local.token)
-        if config.name == "remote" and seed_remote is not None:
-            config = replace(config, url=seed_remote.url)
-        if gce_flag and config.auth in ("gcloud", "google-adc") and config.gce_metadata_ip is None:
-            config = replace(config, gce_metadata_ip=seed_gce)
-        out.append(config)
-    names = {b.name for b in out}
-    if local_name is None:
-        local_name = "local"
-        out.insert(0, seed_local)
-    if seed_remote is not None and "remote" not in names:
-        out.append(seed_remote)
-    if default_name is None:
-        default_name = next((b.name for b in out if b.name != local_name), local_name)
-    # [mixer] max_backend_answer caps every backend's answers, unless the flag is given.
-    cap = _flag_or_file("max_backend_answer", seed_local.max_answer_bytes,
-                        files.max_backend_answer, given)
-    out = [replace(b, max_answer_bytes=cap) for b in out]
-    local = next(b for b in out if b.name == local_name)
-    if "jupyter_token" in given:
-        token = seed.token
-    elif files.token is not None:
-        token = files.token
-    else:
-        token = local.token if local.auth == "token" else None
-    return replace(
-        seed,
-        backends=tuple(out),
-        default_backend=default_name,
-        local_backend=local_name,
-        port=seed.port if "port" in given or files.port is None else files.port,
-        token=token,
-        external_hostname=_flag_or_file("external_hostname", seed.external_hostname,
-                                        files.external_hostname, given),
-        retention=_flag_or_file("retention", seed.retention, files.retention, given),
-        state_file=_flag_or_file("state_file", seed.state_file, files.state_file, given),
-    )
-
-
-def _flag_or_file(key: str, flag: Any, file: Any, given: set[str]) -> Any:
-    """A flag given on the command line wins over the file; the file over a default."""
-    return flag if key in given or file is None else file
-
-
-def apply_files(paths: Sequence[str | os.PathLike[str]], seed: MixerConfig, given: set[str],
-                environ: Mapping[str, str] | None = None) -> MixerConfig:
-    """Read ``paths`` and combine them with the seed configuration built from the flags."""
-    return combine(load_files(paths, environ), seed, given)

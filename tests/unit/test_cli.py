@@ -4,8 +4,8 @@ import argparse
 
 import pytest
 
-from notebook_kernels_mixer.cli import config_from_args, mixer_parser
-from notebook_kernels_mixer.config import BackendConfig, ConfigError, parse_duration
+from notebook_kernels_mixer.cli import config_from_argv, mixer_parser
+from notebook_kernels_mixer.config import BackendConfig, ConfigError, MixerConfig, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -23,8 +23,12 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text)
 
 
-def config(*argv: str):
-    return config_from_args(mixer_parser().parse_args(list(argv)))
+def config(*argv: str) -> MixerConfig:
+    return config_from_argv(argv)
+
+
+def backend(cfg: MixerConfig, name: str) -> BackendConfig:
+    return next(b for b in cfg.backends if b.name == name)
 
 
 def test_defaults_run_local_only() -> None:
@@ -40,11 +44,11 @@ def test_project_and_region_make_the_google_url(monkeypatch) -> None:
     monkeypatch.setattr("shutil.which", lambda name: None)
     cfg = config("--mixer-project=p", "--mixer-region=us-central1", "--jupyter-token=t",
                  "--jupyter-port=9992", "--port=9991")
-    remote = cfg.backend("remote")
+    remote = backend(cfg, "remote")
     assert remote.url == "https://p-dot-us-central1.kernels.googleusercontent.com"
     assert remote.auth == "google-adc" and remote.display_suffix == " (Remote)"
     assert cfg.default_backend == "remote" and cfg.local_backend == "local"
-    local = cfg.backend("local")
+    local = backend(cfg, "local")
     assert local.auth == "token" and local.token == "t" and local.url == "http://localhost:9992/"
     assert cfg.port == 9991 and cfg.token == "t"
     assert "t" not in repr(local).split("token=")[-1][:3]  # the token is not in repr
@@ -55,7 +59,7 @@ def test_remote_url_overrides_and_gcloud_is_preferred(monkeypatch) -> None:
     cfg = config("--mixer-project=p", "--mixer-region=r", "--mixer-host=example.com",
                  "--remote-url=http://127.0.0.1:1234/base/", "--gce-metadata-override-ip=1.2.3.4",
                  "--context_request_timeout=1m")
-    remote = cfg.backend("remote")
+    remote = backend(cfg, "remote")
     assert remote.url == "http://127.0.0.1:1234/base/"
     assert remote.auth == "gcloud" and remote.gce_metadata_ip == "1.2.3.4"
     assert remote.request_timeout == 60.0
@@ -64,8 +68,8 @@ def test_remote_url_overrides_and_gcloud_is_preferred(monkeypatch) -> None:
 def test_go_style_single_dash_flags_and_both_timeout_spellings() -> None:
     cfg = config("-port=7000", "-jupyter-port=7001", "--context-request-timeout=3s",
                  "-external-hostname=lab.example.org", "--log-all-request-headers")
-    assert cfg.port == 7000 and cfg.backend("local").url == "http://localhost:7001/"
-    assert cfg.backend("local").request_timeout == 3.0
+    assert cfg.port == 7000 and backend(cfg, "local").url == "http://localhost:7001/"
+    assert backend(cfg, "local").request_timeout == 3.0
     assert cfg.external_hostname == "lab.example.org" and cfg.log.request_headers
 
 

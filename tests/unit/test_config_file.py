@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from notebook_kernels_mixer import cli, lab
-from notebook_kernels_mixer.cli import config_from_args, given_options, mixer_parser
-from notebook_kernels_mixer.config import MixerConfig
-from notebook_kernels_mixer.config_file import ConfigFileError, apply_files, load_files
+from notebook_kernels_mixer.cli import config_from_argv, mixer_parser, parse_flags
+from notebook_kernels_mixer.config import BackendConfig, MixerConfig
+from notebook_kernels_mixer.config_file import ConfigFileError, load_files
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "mixer.toml"
 
@@ -24,10 +24,11 @@ def write(tmp_path: Path, text: str, name: str = "mixer.toml") -> Path:
 
 
 def combined(files: list[Path], *argv: str, environ: dict[str, str] | None = None) -> MixerConfig:
-    parser = mixer_parser()
-    args = parser.parse_args(list(argv))
-    return apply_files(files, config_from_args(args), given_options(list(argv)),
-                       environ=environ or {})
+    return config_from_argv([*(f"--config={f}" for f in files), *argv], environ=environ or {})
+
+
+def backend(cfg: MixerConfig, name: str) -> BackendConfig:
+    return next(b for b in cfg.backends if b.name == name)
 
 
 # -- the shipped example ----------------------------------------------------------------------
@@ -40,12 +41,12 @@ def test_the_example_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert [b.name for b in cfg.backends] == ["local", "remote", "kg", "cluster"]
     assert cfg.local_backend == "local" and cfg.default_backend == "remote"
     assert cfg.token == "local-secret"  # the local backend's token admits clients
-    kg, cluster = cfg.backend("kg"), cfg.backend("cluster")
+    kg, cluster = backend(cfg, "kg"), backend(cfg, "cluster")
     assert kg.token == "kg-secret" and kg.auth == "token"
     assert kg.request_timeout == 30.0 and kg.list_timeout == 2.5
     assert kg.sessions == "auto" and cluster.sessions == "mixer"
     assert cluster.request_timeout == 120.0 and cluster.token == "eg-secret"
-    assert cfg.backend("remote").auth == "gcloud"
+    assert backend(cfg, "remote").auth == "gcloud"
     assert "secret" not in repr(cfg)
 
 
@@ -71,12 +72,12 @@ def test_remotes_only_file_takes_local_from_the_flags(tmp_path: Path) -> None:
     cfg = combined([path], "--jupyter-port=9000", "--jupyter-token=tok",
                    "--context_request_timeout=20s", environ={"KG_TOKEN": "k"})
     assert [b.name for b in cfg.backends] == ["local", "kg", "eg"]
-    local = cfg.backend("local")
+    local = backend(cfg, "local")
     assert local.url == "http://localhost:9000/" and local.token == "tok"
     assert cfg.local_backend == "local"
     assert cfg.default_backend == "kg"  # first backend that is not the local one
     assert cfg.token == "tok"
-    kg, eg = cfg.backend("kg"), cfg.backend("eg")
+    kg, eg = backend(cfg, "kg"), backend(cfg, "eg")
     assert kg.request_timeout == 20.0 and kg.list_timeout == 2.5  # from the flags
     assert eg.request_timeout == 60.0 and eg.display_suffix == " (eg)"
 
@@ -107,13 +108,13 @@ def test_flags_override_the_files_local_and_remote(tmp_path: Path, monkeypatch) 
     cfg = combined([path], "--port=7100", "--jupyter-port=9001", "--remote-url=http://127.0.0.1:5/",
                    environ=env)
     assert cfg.port == 7100
-    laptop, remote = cfg.backend("laptop"), cfg.backend("remote")
+    laptop, remote = backend(cfg, "laptop"), backend(cfg, "remote")
     assert laptop.url == "http://localhost:9001/" and laptop.token == "lt"
     assert remote.url == "http://127.0.0.1:5/"
     assert remote.auth == "token" and remote.token == "rt"  # the file's auth is kept
     assert [b.name for b in cfg.backends] == ["laptop", "remote"]
     cfg = combined([path], "-jupyter-token=flagtok", environ=env)  # Go-style single dash
-    assert cfg.backend("laptop").token == "flagtok" and cfg.token == "flagtok"
+    assert backend(cfg, "laptop").token == "flagtok" and cfg.token == "flagtok"
 
 
 def test_seed_remote_is_added_when_the_file_has_none(tmp_path: Path, monkeypatch) -> None:
@@ -127,7 +128,7 @@ def test_seed_remote_is_added_when_the_file_has_none(tmp_path: Path, monkeypatch
                    "--gce-metadata-override-ip=1.2.3.4")
     assert [b.name for b in cfg.backends] == ["local", "remote"]
     assert cfg.default_backend == "remote" and cfg.token is None
-    remote = cfg.backend("remote")
+    remote = backend(cfg, "remote")
     assert remote.auth == "google-adc" and remote.gce_metadata_ip == "1.2.3.4"
 
 
@@ -153,13 +154,18 @@ def test_mixer_table_token_and_several_files(tmp_path: Path) -> None:
     assert cfg.token == "client-tok"  # relative to the file, stripped
 
 
-def test_given_options_tells_flags_from_defaults() -> None:
-    assert given_options([]) == set()
-    argv = ["--port", "1", "-jupyter-token=x", "--config=a", "--log-all-request-headers"]
-    assert given_options(argv) == {
-        "port", "jupyter_token", "config", "log_all_request_headers"
-    }
-    # the ordinary parser keeps its defaults
+def test_the_flags_given_are_told_from_the_defaults() -> None:
+    assert parse_flags([]).given == {}
+    argv = ["--port", "1", "-jupyter-token=x", "--config=a", "--log-all-request-headers",
+            "--config", "b", "--retention=1m"]
+    flags = parse_flags(argv)
+    assert flags.given == {"port": 1, "jupyter_token": "x", "config": ["a", "b"],
+                           "log_all_request_headers": True, "retention": 60.0}
+    # a flag given with its default's value is still given (it wins over a file)
+    assert parse_flags(["--port=8081"]).given == {"port": 8081}
+    # the others read as their defaults; the parser keeps them for --help and the README
+    assert flags["jupyter_port"] == 8082 and flags["listen"] is None and flags["allow_origin"] == []
+    assert flags["context_request_timeout"] == 10.0
     assert mixer_parser().parse_args([]).port == 8081
 
 

@@ -257,10 +257,12 @@ class AutoSessions:
 
 
 def session_store(kernels: BackendKernels, kept: KeptRecords) -> SessionStore:
-    """The store for a backend's configured ``sessions`` policy."""
-    mode = kernels.backend.config.sessions
-    if mode == "auto" and kernels.backend.config.auth in ("gcloud", "google-adc"):
-        mode = "backend"  # Google's kernel service keeps its own sessions
+    """The store for a backend's ``sessions`` policy; for "auto", that of its kind
+    when its auth kind tells the kind (Google's service keeps its own sessions), else
+    ``AutoSessions`` asks the backend (``backends.kinds.sessions_mode``)."""
+    from notebook_kernels_mixer.backends.kinds import sessions_mode
+
+    mode = sessions_mode(kernels.backend.config)
     if mode == "backend":
         return ForwardedSessions(kernels.backend)
     if mode == "mixer":
