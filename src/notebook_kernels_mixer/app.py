@@ -18,12 +18,13 @@ from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend, build_backend
 from notebook_kernels_mixer.config import MixerConfig
+from notebook_kernels_mixer.culling import Culler, CullPolicy
 from notebook_kernels_mixer.front.middlewares import access_logger, errors, protector
 from notebook_kernels_mixer.inventory import Inventory
 from notebook_kernels_mixer.inventory.kept import KeptRecords
+from notebook_kernels_mixer.metrics import MeasuredKernels, Metrics, MetricsHandlers
 from notebook_kernels_mixer.proxy import LocalProxy
 from notebook_kernels_mixer.relay import Relay
-from notebook_kernels_mixer.resources.backend_kernels import BackendKernels
 from notebook_kernels_mixer.resources.kernels import KernelsHandlers
 from notebook_kernels_mixer.resources.kernelspecs import KernelspecsCache, KernelspecsHandlers
 from notebook_kernels_mixer.resources.session_stores import session_store
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 INVENTORY = web.AppKey("inventory", Inventory)
 RELAY = web.AppKey("relay", Relay)
 STATE = web.AppKey("state", StateStore)
+CULLER = web.AppKey("culler", Culler)
 
 
 def state_path(config: MixerConfig) -> str:
@@ -56,14 +58,18 @@ async def build_app(config: MixerConfig) -> web.Application:
                           state=state, retention=config.retention, window=config.listing_window)
     relay = Relay(external_hostname=config.external_hostname, local_backend=config.local_backend)
     cache = KernelspecsCache(config.kernelspecs_ttl)
+    metrics = Metrics(inventory, relay)
     backend_kernels = {
-        b.name: BackendKernels(b, known=functools.partial(inventory.kernels_of, b)) for b in backends
+        b.name: MeasuredKernels(b, known=functools.partial(inventory.kernels_of, b), metrics=metrics)
+        for b in backends
     }
     kept = KeptRecords(state)
     stores = {name: session_store(k, kept) for name, k in backend_kernels.items()}
     specs = KernelspecsHandlers(inventory, cache)
     kernels = KernelsHandlers(inventory, relay, backend_kernels, specs.default_spec)
     sessions = SessionsHandlers(inventory, stores, kernels, specs.default_spec)
+    culler = Culler(inventory, kernels, relay, metrics,
+                    {b.name: CullPolicy.of(b) for b in config.backends})
     app = web.Application(
         middlewares=[access_logger(config), errors, protector(config)],
         client_max_size=config.max_body_bytes,
@@ -71,20 +77,24 @@ async def build_app(config: MixerConfig) -> web.Application:
     app[INVENTORY] = inventory
     app[RELAY] = relay
     app[STATE] = state
-    for handlers in (StatusHandlers(inventory, relay, kernels, sessions, path), specs, kernels,
-                     sessions, LocalProxy(inventory, relay, external_hostname=config.external_hostname)):
+    app[CULLER] = culler
+    for handlers in (StatusHandlers(inventory, relay, kernels, sessions, path, culler),
+                     MetricsHandlers(metrics, kernels), specs, kernels, sessions,
+                     LocalProxy(inventory, relay, external_hostname=config.external_hostname)):
         app.add_routes(handlers.routes())
-    _lifecycle(app, backends, relay, cache, state)
+    _lifecycle(app, backends, relay, cache, state, culler)
     return app
 
 
 def _lifecycle(app: web.Application, backends: list[Backend], relay: Relay,
-               cache: KernelspecsCache, state: StateStore) -> None:
+               cache: KernelspecsCache, state: StateStore, culler: Culler) -> None:
     async def start_backends(app: web.Application) -> None:
         for backend in backends:
             await backend.start()
+        culler.start()
 
     async def close_relays(app: web.Application) -> None:
+        await culler.stop()
         await relay.close_all()
 
     async def close_backends(app: web.Application) -> None:

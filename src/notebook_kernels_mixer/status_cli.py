@@ -1,7 +1,12 @@
-"""``mixer status``: a running mixer's ``/mixer/api/status`` as a terminal table.
+"""``mixer status``: a running mixer's ``/mixer/api/status`` as a terminal table;
+``--kernels`` lists every kernel, ``--shutdown-orphans [BACKEND]`` stops the orphan
+kernels (no session, no client connected) of one backend or of all.
 
-Exit status: 0 when every backend is reachable, 1 when some backend is not, 2 when
-the mixer itself cannot be asked (not running, wrong token, not a mixer).
+Exit status: 0 when every backend is reachable (``--shutdown-orphans``: when every
+orphan asked for was stopped or had gone), 1 when some backend is not (could not
+say which kernels are orphans, or failed to stop one), 2 when the mixer itself
+cannot be asked (not running, wrong token, not a mixer) or the request is wrong
+(a backend the mixer does not have).
 """
 
 from __future__ import annotations
@@ -12,12 +17,22 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.request
+import uuid
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from notebook_kernels_mixer.processes import http_get
 
 DEFAULT_URL = "http://127.0.0.1:8081/"
+#: Every request goes straight to the mixer (it listens on loopback only), no proxy.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+ALL_BACKENDS = ""
+
+
+class Refused(Exception):
+    """The mixer refused the request (4xx), with its message."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,20 +46,54 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None,
                    help="the token clients present to the mixer (the local Jupyter token); "
                         "default: env MIXER_TOKEN, then JUPYTER_TOKEN")
-    p.add_argument("--json", action="store_true", help="print the status API's JSON as is")
+    p.add_argument("--json", action="store_true", help="print the API's JSON as is")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--kernels", action="store_true",
+                      help="list every kernel: backend, spec, state, connections, how long the "
+                           "mixer has seen it, last activity, whether it is an orphan")
+    what.add_argument("--shutdown-orphans", nargs="?", const=ALL_BACKENDS, default=None,
+                      metavar="BACKEND",
+                      help="shut down the orphan kernels (no session, no client connected) of "
+                           "BACKEND, or of every backend; prints what it stopped")
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for the mixer's answer (default 10)")
     return p
 
 
-def fetch(url: str, token: str | None, timeout: float) -> dict[str, Any]:
-    target = url.rstrip("/") + "/mixer/api/status"
+def fetch(url: str, token: str | None, timeout: float, path: str = "/mixer/api/status"
+          ) -> dict[str, Any]:
+    target = url.rstrip("/") + path
     headers = {"Accept": "application/json"}
     if token:
         headers["token"] = token
     # No proxy: the mixer listens on loopback only.
     answer: dict[str, Any] = json.loads(http_get(target, headers, timeout).decode("utf-8"))
     return answer
+
+
+def post(url: str, token: str | None, timeout: float, path: str, body: dict[str, Any]
+         ) -> dict[str, Any]:
+    """POST ``body`` as JSON; the answer's JSON. A 4xx with a message is ``Refused``."""
+    xsrf = uuid.uuid4().hex  # the pair a mixer without a token asks of a POST
+    headers = {"Accept": "application/json", "Content-Type": "application/json",
+               "Cookie": f"_xsrf={xsrf}", "X-XSRFToken": xsrf}
+    if token:
+        headers["token"] = token
+    request = urllib.request.Request(url.rstrip("/") + path, data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with _NO_PROXY.open(request, timeout=timeout) as resp:
+            answer: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
+            return answer
+    except urllib.error.HTTPError as exc:
+        if exc.code in (400, 404):
+            try:
+                message = json.loads(exc.read().decode("utf-8")).get("message")
+            except (ValueError, AttributeError, OSError):
+                message = None
+            if isinstance(message, str):
+                raise Refused(message) from None
+        raise
 
 
 def _ms(value: Any) -> str:
@@ -132,6 +181,64 @@ def state_lines(state: Any) -> list[str]:
     return lines
 
 
+def kernel_lines(answer: dict[str, Any]) -> list[str]:
+    """Every kernel of every backend, as a table."""
+    header = ["BACKEND", "KERNEL", "SPEC", "STATE", "CONNECTIONS", "AGE", "LAST ACTIVITY",
+              "ORPHAN"]
+    table = [header]
+    for k in answer.get("kernels", []):
+        orphan = k.get("orphan")
+        table.append([
+            str(k.get("backend")), str(k.get("id")), str(k.get("name") or "?"),
+            str(k.get("execution_state") or "?") + (" (last known)" if k.get("last_known") else ""),
+            str(k.get("connections", "?")),
+            _duration(k.get("seen_for_seconds")),
+            _ago(k.get("last_activity")),
+            "?" if orphan is None else "yes" if orphan else "no",
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in table]
+    if len(table) == 1:
+        lines = ["no kernels"]
+    for name, error in sorted((answer.get("unavailable") or {}).items()):
+        lines.append(f"{name}: cannot list its kernels now: {error}")
+    return lines
+
+
+def _ago(value: Any) -> str:
+    """``last_activity`` (ISO 8601) as "3m05s ago"; the raw value if unreadable."""
+    if not isinstance(value, str) or not value:
+        return "?"
+    try:
+        moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return f"{_duration(max(time.time() - moment.timestamp(), 0))} ago"
+
+
+def shutdown_lines(answer: dict[str, Any]) -> tuple[list[str], bool]:
+    """What ``--shutdown-orphans`` did, and whether all of it went well."""
+    lines, ok = [], True
+    for b in answer.get("backends", []):
+        name = b.get("backend")
+        if b.get("unavailable"):
+            ok = False
+            lines.append(f"{name}: {b['unavailable']}")
+            continue
+        stopped = b.get("stopped") or []
+        lines.append(f"{name}: stopped {len(stopped)} orphan kernel{'s' * (len(stopped) != 1)}"
+                     + (": " + ", ".join(stopped) if stopped else ""))
+        for kept in b.get("kept") or []:
+            lines.append(f"{name}: kept {kept.get('id')} ({kept.get('why')})")
+        for failed in b.get("failed") or []:
+            ok = False
+            lines.append(f"{name}: could not stop {failed.get('id')}: {failed.get('error')}")
+    return lines, ok
+
+
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return "?"
@@ -147,7 +254,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     token = args.token or os.environ.get("MIXER_TOKEN") or os.environ.get("JUPYTER_TOKEN")
     try:
+        if args.kernels:
+            kernels = fetch(args.url, token, args.timeout, "/mixer/api/kernels")
+            print(json.dumps(kernels, indent=2) if args.json else "\n".join(kernel_lines(kernels)))
+            return 0
+        if args.shutdown_orphans is not None:
+            body = {"backend": args.shutdown_orphans} if args.shutdown_orphans else {}
+            done = post(args.url, token, args.timeout, "/mixer/api/orphans/shutdown", body)
+            lines, ok = shutdown_lines(done)
+            print(json.dumps(done, indent=2) if args.json else "\n".join(lines))
+            return 0 if ok else 1
         status = fetch(args.url, token, args.timeout)
+    except Refused as exc:
+        print(f"mixer status: {exc}", file=sys.stderr)
+        return 2
     except urllib.error.HTTPError as exc:
         hint = " (wrong or missing --token?)" if exc.code == 403 else ""
         print(f"mixer status: {args.url} answered HTTP {exc.code}{hint}", file=sys.stderr)
@@ -156,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = getattr(exc, "reason", exc)
         print(f"mixer status: cannot reach a mixer at {args.url}: {reason}", file=sys.stderr)
         return 2
-    except ValueError:
+    except (ValueError, AttributeError, TypeError):
         print(f"mixer status: {args.url} did not answer with the mixer's status JSON",
               file=sys.stderr)
         return 2

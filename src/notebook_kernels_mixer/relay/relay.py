@@ -5,7 +5,9 @@ The client's offer (subprotocols, extensions) goes to the backend and the backen
 choice comes back; the query string is kept except for the client's credentials
 (``backends.forwarding``). A backend that cannot be reached gets the client's socket
 accepted and closed with 1011 rather than an HTTP error, so JupyterLab retries
-instead of declaring the kernel dead (SPEC §4).
+instead of declaring the kernel dead (SPEC §4). It knows which kernels clients are
+connected to through it (culling, orphans) and closes their sockets when a kernel
+is gone (``close_kernel``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
 
@@ -36,11 +38,25 @@ _HANDSHAKE_TO_CLIENT = (
     "Upgrade", "Connection", "Sec-WebSocket-Accept", "Sec-WebSocket-Protocol",
     "Sec-WebSocket-Extensions",
 )
+#: The close code of a kernel websocket whose kernel is gone (culled, shut down as an
+#: orphan, or no longer on its backend), in the range RFC 6455 leaves to applications.
+#: @jupyterlab/services stops only on 1000/1001 ("disconnected", not "dead"); on any
+#: other code it reconnects at once, the upgrade answers 404, it asks
+#: ``GET /api/kernels/{id}``, gets 404 again and shows the kernel as dead.
+KERNEL_GONE = 4004
+
+
+def channels_path(kernel_id: str) -> str:
+    """The backend path of a kernel's websocket, as ``KernelsHandlers.channels`` relays it."""
+    return f"/api/kernels/{quote(kernel_id, safe='')}/channels"
+
+
 #: How long an older socket of the same kernel websocket session has to answer a ping
 #: before it counts as half-open and is replaced.
 STALE_PING_TIMEOUT = 2.0
 
 SessionKey = tuple[str, str, str]  # (backend, path, client's session_id)
+PathKey = tuple[str, str]  # (backend, path)
 #: A socket's place in its session: its tunnel once spliced, None while opening.
 Slot = list[Tunnel | None]
 
@@ -54,6 +70,8 @@ class Relay:
         self._dialers: dict[str, Dialer] = {}
         # kernel websocket session -> the slots of its sockets, oldest first
         self._ws_sessions: dict[SessionKey, list[Slot]] = {}
+        # (backend, path) -> its spliced sockets: who is connected to which kernel
+        self._by_path: dict[PathKey, set[Tunnel]] = {}
 
     @property
     def live(self) -> int:
@@ -87,10 +105,10 @@ class Relay:
                 upgrade = await self._dialer(backend).upgrade(path, query, headers)
             except BackendError as exc:
                 return await self.refuse(request, exc)
-            return await self._splice(request, upgrade, slot)
+            return await self._splice(request, upgrade, slot, (backend.name, path))
 
     async def _splice(self, request: web.Request, upgrade: Upgrade,
-                      slot: Slot) -> web.StreamResponse:
+                      slot: Slot, key: PathKey) -> web.StreamResponse:
         response = web.StreamResponse(status=101, reason="Switching Protocols")
         for name in _HANDSHAKE_TO_CLIENT:
             if name in upgrade.headers:
@@ -103,11 +121,16 @@ class Relay:
         tunnel = Tunnel(request, upgrade.connection)
         slot[0] = tunnel
         self._live.add(tunnel)
+        same_path = self._by_path.setdefault(key, set())
+        same_path.add(tunnel)
         try:
             tunnel.start(request, upgrade.rest)
             await tunnel.done
         finally:
             self._live.discard(tunnel)
+            same_path.discard(tunnel)
+            if not same_path and self._by_path.get(key) is same_path:
+                del self._by_path[key]
             tunnel.close()
         return response
 
@@ -165,8 +188,39 @@ class Relay:
         """Shutdown: every relayed websocket gets a proper "going away" close."""
         await asyncio.gather(*(t.go_away() for t in list(self._live)), return_exceptions=True)
 
+    # -- who is connected to which kernel (culling, orphans, metrics) -------------------------
+    def kernel_sockets(self, backend: str, kernel_id: str) -> int:
+        """How many websockets of ``kernel_id`` on ``backend`` the mixer relays now."""
+        return len(self._by_path.get((backend, channels_path(kernel_id)), ()))
+
+    def kernels_connected(self) -> dict[str, dict[str, int]]:
+        """backend -> kernel id -> its relayed websockets, for every kernel with one."""
+        out: dict[str, dict[str, int]] = {}
+        for (backend, path), tunnels in self._by_path.items():
+            kernel_id = _kernel_of(path)
+            if kernel_id is not None and tunnels:
+                out.setdefault(backend, {})[kernel_id] = len(tunnels)
+        return out
+
+    async def close_kernel(self, backend: str, kernel_id: str, reason: str) -> int:
+        """Close every relayed websocket of a kernel that is gone, with ``KERNEL_GONE``
+        and ``reason`` (ASCII, at most 123 bytes): the client stops waiting for it.
+        Returns how many were closed."""
+        tunnels = list(self._by_path.get((backend, channels_path(kernel_id)), ()))
+        message = reason.encode("ascii", "replace")[:123]
+        await asyncio.gather(*(t.go_away(code=KERNEL_GONE, reason=message) for t in tunnels),
+                             return_exceptions=True)
+        return len(tunnels)
+
     def state(self) -> dict[str, int]:
         return {"websockets": len(self._live), "websocket_sessions": len(self._ws_sessions)}
+
+
+def _kernel_of(path: str) -> str | None:
+    """The kernel id of a kernel websocket's path (None for other relayed paths)."""
+    head, sep, rest = path.partition("/api/kernels/")
+    kernel_id, _, tail = rest.partition("/")
+    return kernel_id if sep and not head and tail == "channels" and kernel_id else None
 
 
 def _with_session_id(query: str, session_id: str) -> str:

@@ -102,6 +102,7 @@ class Tunnel:
         self._frames = FrameBoundaries()
         self._going_away = False
         self._closing: asyncio.Event | None = None  # set when shutdown waits for a boundary
+        self._close_with = (GOING_AWAY, b"mixer shutting down")  # what go_away says
         self._paused = False
         self._client_heard: asyncio.Event | None = None  # set while a liveness ping waits
         self._pending_ping = False
@@ -171,9 +172,12 @@ class Tunnel:
         self._client.close()
         self._finish()
 
-    async def go_away(self, grace: float = 1.0) -> None:
-        """Shutdown: a "going away" close frame for the client at the next frame
-        boundary (waiting at most ``grace`` for the current frame to end)."""
+    async def go_away(self, grace: float = 1.0, *, code: int = GOING_AWAY,
+                      reason: bytes = b"mixer shutting down") -> None:
+        """Shutdown: a close frame for the client (a "going away" one unless ``code``
+        says otherwise) at the next frame boundary (waiting at most ``grace`` for the
+        current frame to end); the backend's leg is dropped."""
+        self._close_with = (code, reason)
         if self._frames.between_frames:
             self._say_going_away()
         else:
@@ -213,7 +217,7 @@ class Tunnel:
     def _say_going_away(self) -> None:
         self._going_away = True
         if not self._client.is_closing():
-            self._client.write(close_frame(GOING_AWAY, b"mixer shutting down"))
+            self._client.write(close_frame(*self._close_with))
         if self._closing is not None:
             self._closing.set()
 
