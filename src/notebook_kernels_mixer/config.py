@@ -110,14 +110,6 @@ class BackendConfig:
     cull_interval: float = 300.0
     cull_connected: bool = False
     cull_busy: bool = False
-    #: Culling (SPEC §7, jupyter_server's MappingKernelManager): a kernel idle for more
-    #: than this many seconds is shut down (0: never), checked every ``cull_interval``
-    #: seconds; busy ones too with ``cull_busy``, ones with clients connected too with
-    #: ``cull_connected`` (``culling.py``).
-    cull_idle_timeout: float = 0.0
-    cull_interval: float = 300.0
-    cull_connected: bool = False
-    cull_busy: bool = False
 
     def __post_init__(self) -> None:
         """The one place a backend's values are checked (flags and files alike)."""
@@ -146,24 +138,12 @@ class BackendConfig:
             raise ConfigError("the answer cap (--max-backend-answer) must be a positive "
                               "number of bytes", backend=self.name)
         self._check_culling()
-        self._check_culling()
         if self.sessions not in SESSIONS_MODES:
             raise ConfigError(
                 f"unknown sessions {self.sessions!r} (one of {', '.join(SESSIONS_MODES)})",
                 backend=self.name,
             )
 
-    def _check_culling(self) -> None:
-        for key in ("cull_idle_timeout", "cull_interval"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{key} must be a number of seconds", backend=self.name)
-        if self.cull_idle_timeout < 0 or self.cull_interval <= 0:
-            raise ConfigError("cull_idle_timeout must not be negative (0: no culling) and "
-                              "cull_interval must be positive", backend=self.name)
-        for key in ("cull_connected", "cull_busy"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"{key} must be true or false", backend=self.name)
 
     def _check_culling(self) -> None:
         for key in ("cull_idle_timeout", "cull_interval"):
