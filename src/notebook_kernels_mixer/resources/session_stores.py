@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from notebook_kernels_mixer.backends import Backend
+from notebook_kernels_mixer.backends.kinds import sessions_mode
 from notebook_kernels_mixer.errors import (
     BackendError,
     BadRequest,
@@ -46,8 +47,9 @@ log = logging.getLogger(__name__)
 
 
 class SessionStore(Protocol):
-    #: "backend" or "mixer": who keeps the sessions ("not known yet" before auto decides)
-    kind: str
+    @property
+    def kind(self) -> str:
+        """"backend" or "mixer": who keeps the sessions ("not known yet" before auto decides)."""
 
     async def list(self, timeout: float | None = None) -> list[Model]: ...
     async def get(self, session_id: str, timeout: float | None = None) -> Model: ...
@@ -59,7 +61,7 @@ class SessionStore(Protocol):
 def _session(backend: Backend, value: Any) -> Model:
     if not is_model(value):
         raise BackendError(backend.name, "answered something that is not a session model")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 class ForwardedSessions:
@@ -172,7 +174,7 @@ class KeptSessions:
             raise StateUnavailable(f"the session could not be recorded: {exc}{undone}") from None
 
     async def create(self, body: dict[str, Any]) -> Model:
-        notebook = body.get("notebook") if isinstance(body.get("notebook"), dict) else {}
+        notebook: dict[str, Any] = body["notebook"] if isinstance(body.get("notebook"), dict) else {}
         path = _text(body.get("path")) or _text(notebook.get("path"))
         fields = {
             "path": path, "type": _text(body.get("type")) or "notebook",
@@ -260,8 +262,6 @@ def session_store(kernels: BackendKernels, kept: KeptRecords) -> SessionStore:
     """The store for a backend's ``sessions`` policy; for "auto", that of its kind
     when its auth kind tells the kind (Google's service keeps its own sessions), else
     ``AutoSessions`` asks the backend (``backends.kinds.sessions_mode``)."""
-    from notebook_kernels_mixer.backends.kinds import sessions_mode
-
     mode = sessions_mode(kernels.backend.config)
     if mode == "backend":
         return ForwardedSessions(kernels.backend)
