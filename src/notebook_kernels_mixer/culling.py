@@ -116,7 +116,7 @@ def verdict(policy: CullPolicy, model: Model, *, idle: float | None, connections
         return None
     if connections and not policy.connected:
         return None
-    return f"idle for {idle:.0f}s"
+    return f"idle for {idle:.0f}s" if idle >= 10 else f"idle for {idle:.1f}s"
 
 
 class Culler:
@@ -297,7 +297,7 @@ class Culler:
             self._stopping.discard(kernel_id)
         self._failed.pop(kernel_id, None)
         self._observed.pop(kernel_id, None)
-        self.metrics.clock.ended(kernel_id)
+        self.metrics.clock.ended(kernel_id, backend.name)
         self.inventory.kernel_gone(backend, kernel_id)
         await self.relay.close_kernel(backend.name, kernel_id, reason)
         return stopped

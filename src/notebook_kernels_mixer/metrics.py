@@ -74,18 +74,25 @@ class KernelClock:
     def update(self) -> None:
         now = self.clock()
         known = self._known()
-        seen = self.inventory.first_seen
         for kernel_id, backend in known.items():
-            if kernel_id not in self._running:
-                since = seen.get(kernel_id, now)
-                self._running[kernel_id] = (backend, min(max(since, self.started), now))
+            self._start(kernel_id, backend, now)
         for kernel_id in [k for k in self._running if k not in known]:
             self._end(kernel_id, self._last)
         self._last = now
 
-    def ended(self, kernel_id: str) -> None:
-        """``kernel_id`` is gone now (the mixer shut it down)."""
-        self._end(kernel_id, self.clock())
+    def _start(self, kernel_id: str, backend: str, now: float) -> None:
+        if kernel_id not in self._running:
+            since = self.inventory.first_seen.get(kernel_id, now)
+            self._running[kernel_id] = (backend, min(max(since, self.started), now))
+
+    def ended(self, kernel_id: str, backend: str) -> None:
+        """``kernel_id`` on ``backend`` is gone now (the mixer shut it down; called
+        while the inventory still knows it, so a kernel younger than the last update
+        counts too)."""
+        now = self.clock()
+        if kernel_id in self.inventory.first_seen:
+            self._start(kernel_id, backend, now)
+        self._end(kernel_id, now)
 
     def _end(self, kernel_id: str, at: float) -> None:
         backend, since = self._running.pop(kernel_id, ("", at))
