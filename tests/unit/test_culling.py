@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from notebook_kernels_mixer.app import CULLER
+from notebook_kernels_mixer.app import CULLER, INVENTORY
 from notebook_kernels_mixer.config import BackendConfig, ConfigError
 from notebook_kernels_mixer.culling import Culler, CullPolicy, parse_activity, verdict
 from notebook_kernels_mixer.relay.relay import KERNEL_GONE
@@ -64,6 +64,7 @@ async def test_an_idle_kernel_is_shut_down_through_its_backend_once_with_one_log
     caplog.set_level(logging.INFO, logger="notebook_kernels_mixer.culling")
     assert await past_timeout(culler) == [kernel["id"]]
     assert kernel["id"] not in remote.kernels and deletes(remote, kernel["id"]) == 1
+    assert m.app[INVENTORY].kernel_owner(kernel["id"]) is None  # told, as of a deletion
     assert await culler.check(["remote"]) == []
     assert deletes(remote, kernel["id"]) == 1
     lines = [r.getMessage() for r in caplog.records if "culled kernel" in r.getMessage()]
