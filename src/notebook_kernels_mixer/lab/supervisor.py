@@ -1,35 +1,35 @@
 """Process supervision for ``mixer lab``: start children, wait until they are ready,
 watch them, and stop every one of them, kernels included.
 
-Nothing here knows what the children are (that is :mod:`.topology`). Each child runs
-in its own session, so it leads a process group, and logs to a file of its own. The
-supervisor is a plain blocking loop (the mixer has its event loop in its own process):
-every readiness wait is bounded; the first child that exits, or SIGINT / SIGTERM /
-SIGHUP, ends supervision. Stopping goes in order: the children marked ``stop_first``
-(the front, which shuts its kernels down through the mixer), then the others in reverse
-start order; a group that outlives its grace period is killed, and kernels that run in
-sessions of their own — remembered through /proc while their server was alive — are
-killed by PID if their server left them behind. On Linux a child also gets SIGTERM
-when the launcher itself dies (PR_SET_PDEATHSIG), even by SIGKILL.
+Nothing here knows what the children are (that is :mod:`.topology`), nor how one
+process is started or stopped (that is :class:`notebook_kernels_mixer.processes.Process`:
+a session and a log file of its own, SIGTERM to its group, SIGKILL after a grace,
+kernels left in other sessions killed by PID, never a PID reused by another process).
+The supervisor is a plain blocking loop (the mixer has its event loop in its own
+process): every readiness wait is bounded; the first child that exits, or SIGINT /
+SIGTERM / SIGHUP, ends supervision. Stopping goes in order: the children marked
+``stop_first`` (the front, which shuts its kernels down through the mixer), then the
+others in reverse start order, each group at once; kernels are remembered through
+/proc while their server is alive, to be killed by PID if their server left them
+behind. On Linux a child also gets SIGTERM when the launcher itself dies
+(PR_SET_PDEATHSIG), even by SIGKILL.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from notebook_kernels_mixer.processes import descendants, is_alive, spawn
+from notebook_kernels_mixer.processes import Process
 
 #: Seconds between two /proc scans for the children's descendants (their kernels).
 SCAN_INTERVAL = 2.0
 POLL_INTERVAL = 0.2
+#: Seconds kernels left behind get to end by themselves once their server is gone.
+REAP_GRACE = 3.0
 
 
 class LabError(Exception):
@@ -45,41 +45,23 @@ def tail(path: Path, lines: int = 30) -> str:
     return f"--- last {len(text)} lines of {path} ---\n" + "\n".join(text)
 
 
-@dataclass
-class Child:
+class Child(Process):
     """One process to start: how, where it logs, and how to tell it is ready."""
 
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    cwd: str
-    ready: Callable[[], bool]
-    stop_first: bool = False
-    proc: subprocess.Popen[bytes] | None = None
-    known_descendants: set[int] = field(default_factory=set)
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> None:
-        self.proc = spawn(self.argv, log_path=self.log_path, env=self.env, cwd=self.cwd,
-                          banner=f"===== mixer lab starts: {' '.join(self.argv)}",
-                          die_with_parent=True)
-
-    def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def remember_descendants(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.known_descendants.update(descendants(self.proc.pid))
-
-    def signal_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        cwd: str,
+        ready: Callable[[], bool],
+        stop_first: bool = False,
+    ) -> None:
+        super().__init__(name, argv, log_path=log_path, env=env, cwd=cwd, ready=ready,
+                         poll_interval=POLL_INTERVAL, reap_grace=REAP_GRACE,
+                         die_with_parent=True)  # fmt: skip
+        self.stop_first = stop_first
 
 
 class Supervisor:
@@ -107,20 +89,20 @@ class Supervisor:
             if self.stop_signal is not None:
                 raise LabError("stopped by a signal while starting")
             try:
-                child.start()
+                child.start(wait=False)
             except OSError as exc:
                 raise LabError(f"cannot start the {child.name}: {exc}") from None
             self.children.append(child)
 
     def _check_started(self, child: Child) -> bool:
         """Whether ``child`` is ready; raises if it died while starting."""
-        code = child.exited()
+        code = child.returncode
         if code is not None:
             raise LabError(
                 f"the {child.name} (pid {child.pid}) exited with code {code} while "
                 f"starting\n{tail(child.log_path)}"
             )
-        return child.ready()
+        return child.ready is None or child.ready()
 
     def wait_ready(self, *children: Child) -> None:
         """Until every one of ``children`` is ready; any child that dies meanwhile (not
@@ -129,7 +111,7 @@ class Supervisor:
         pending = list(children)
         while pending:
             for child in self.children:
-                if child not in pending and child.exited() is not None:
+                if child not in pending and child.returncode is not None:
                     self._check_started(child)
             pending = [c for c in pending if not self._check_started(c)]
             if not pending:
@@ -149,7 +131,7 @@ class Supervisor:
         last_scan = 0.0
         while self.stop_signal is None:
             for child in self.children:
-                code = child.exited()
+                code = child.returncode
                 if code is not None:
                     self.say(
                         f"the {child.name} (pid {child.pid}) exited with code {code}; "
@@ -168,33 +150,16 @@ class Supervisor:
 
     def _stop_group(self, group: list[Child], grace: float) -> None:
         for child in group:
-            if child.exited() is None:
-                child.signal_group(signal.SIGTERM)
+            child.terminate()
         deadline = time.monotonic() + grace
         for child in group:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.say(f"the {child.name} (pid {child.pid}) did not stop in {grace:g}s; killing it")
-            child.signal_group(signal.SIGKILL)  # whatever is left in its group
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=5)
+            child.finish_stop(max(0.1, deadline - time.monotonic()))
+            if child.forced:
+                self.say(f"the {child.name} (pid {child.pid}) did not stop in {grace:g}s; killed it")
 
     def stop_all(self, grace: float = 10.0) -> None:
-        """Stop every child (``stop_first`` ones first), then kernels left behind."""
-        for child in self.children:
-            child.remember_descendants()
+        """Stop every child (``stop_first`` ones first), each with the kernels it left."""
         first = [c for c in self.children if c.stop_first]
         rest = [c for c in reversed(self.children) if not c.stop_first]
         for group in (first, rest):
             self._stop_group(group, grace)
-        leftovers = {pid for c in self.children for pid in c.known_descendants}
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline and any(is_alive(p) for p in leftovers):
-            time.sleep(0.1)
-        for pid in leftovers:
-            if is_alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
