@@ -34,7 +34,13 @@ from typing import Any
 import tomli_w
 
 from notebook_kernels_mixer.lab.supervisor import Child
-from notebook_kernels_mixer.processes import LOOPBACK, free_port, http_status
+from notebook_kernels_mixer.processes import (
+    LOOPBACK,
+    free_port,
+    gateway_headers,
+    http_status,
+    jupyter_server_launch,
+)
 
 PYTHON = sys.executable
 #: Environment variables through which the launcher hands tokens to its children.
@@ -168,21 +174,15 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _root_flag() -> list[str]:
-    return ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
-
-
 def jupyter_server(plan: Plan, server: Server) -> Child:
-    argv = [
-        PYTHON, "-m", "jupyter_server", "--no-browser", "--port-retries=0",
-        f"--port={server.port}", f"--ServerApp.ip={LOOPBACK}", EXTENSION_FLAG, *BACKEND_WITHOUT,
-        *_root_flag(),
-    ]  # fmt: skip
+    argv, env = jupyter_server_launch(
+        server.port, env=base_env(**{WHERE_ENV: server.name}), token=server.token, ip=LOOPBACK,
+        extra_args=[EXTENSION_FLAG, *BACKEND_WITHOUT],
+    )  # fmt: skip
     url = f"http://{LOOPBACK}:{server.port}/api/status"
     headers = {"Authorization": f"token {server.token}"}
     return Child(
-        server.label, argv, base_env(JUPYTER_TOKEN=server.token, **{WHERE_ENV: server.name}),
-        plan.run_dir / f"{server.name}.log", plan.cwd,
+        server.label, argv, env, plan.run_dir / f"{server.name}.log", plan.cwd,
         ready=lambda: http_status(url, headers) == 200,
     )  # fmt: skip
 
@@ -205,22 +205,13 @@ def mixer(plan: Plan, config: Path) -> Child:
 
 
 def front(plan: Plan) -> tuple[Child, FrontInfo]:
-    # SPEC §1's GatewayClient headers; in the environment, as they hold the token.
-    headers = json.dumps(
-        {
-            "token": plan.local.token,
-            "Cookie": f"_xsrf={plan.xsrf}",
-            "X-XSRFToken": plan.xsrf,
-        }
-    )
-    env = base_env(JUPYTER_TOKEN=plan.front_token, JUPYTER_GATEWAY_HEADERS=headers)
-    argv = [
-        # the launcher opens the browser once everything answers, not JupyterLab at its start
-        PYTHON, "-m", "jupyterlab", "--no-browser", "--port-retries=0",
-        f"--port={plan.front_port}", f"--ServerApp.ip={LOOPBACK}",
-        f"--GatewayClient.url=http://{LOOPBACK}:{plan.mixer_port}/",
-        EXTENSION_FLAG, *_root_flag(), *plan.front_args,
-    ]  # fmt: skip
+    # the launcher opens the browser once everything answers, not JupyterLab at its start
+    argv, env = jupyter_server_launch(
+        plan.front_port, env=base_env(), app="jupyterlab", token=plan.front_token, ip=LOOPBACK,
+        gateway_url=f"http://{LOOPBACK}:{plan.mixer_port}/",
+        gateway=gateway_headers(plan.local.token, plan.xsrf),
+        extra_args=[EXTENSION_FLAG, *plan.front_args],
+    )  # fmt: skip
     child = Child("front JupyterLab", argv, env, plan.run_dir / "front.log", plan.cwd,
                   ready=lambda: info.ready(), stop_first=True)  # fmt: skip
     info = FrontInfo(plan, child)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from notebook_kernels_mixer.processes import gateway_headers
+
 from . import topology
 from .fake_gcloud import FakeGcloud
 from .processes import ManagedProcess
@@ -133,9 +135,9 @@ class Stack:
     # -- what the tests use --------------------------------------------------------------------
 
     def mixer_headers(self) -> dict[str, str]:
-        """What every request to the mixer carries: the token and a matching XSRF pair."""
-        xsrf = self.tokens.xsrf
-        return {"token": self.tokens.jupyter, "Cookie": f"_xsrf={xsrf}", "X-XSRFToken": xsrf}
+        """What every request to the mixer carries: the token and a matching XSRF pair
+        (SPEC §1's GatewayClient headers)."""
+        return gateway_headers(self.tokens.jupyter, self.tokens.xsrf)
 
     def processes(self) -> list[ManagedProcess]:
         """The started processes, in start order."""

@@ -6,7 +6,12 @@
 * ``mixer``: the package under test, with a stand-in ``gcloud`` first on PATH;
 * ``front``: the Jupyter the user opens (jupyter_server, or JupyterLab for the browser
   tests) whose kernels are managed by the mixer through ``--GatewayClient.url`` and
-  the ``--GatewayClient.headers`` of SPEC §1.
+  the GatewayClient headers of SPEC §1 (in ``JUPYTER_GATEWAY_HEADERS``, as they hold
+  the mixer's token).
+
+The command lines come from the package's launcher
+(``notebook_kernels_mixer.processes.jupyter_server_launch``, the one ``mixer lab`` and
+the benchmark use) and every process is a ``Process`` of that module.
 
 ``stack.py`` assembles them into the running topology the e2e, fuzz, browser and soak
 tests share; the tests that need another shape (three backends, ``mixer lab``) build
@@ -25,7 +30,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from notebook_kernels_mixer.processes import free_port, http_status
+from notebook_kernels_mixer.processes import (
+    free_port,
+    gateway_headers,
+    http_status,
+    jupyter_dirs,
+    jupyter_server_launch,
+)
 
 from .fake_gcloud import FakeGcloud
 from .processes import ManagedProcess
@@ -59,14 +70,7 @@ def jupyter_home(workdir: Path, name: str) -> tuple[Path, dict[str, str]]:
     one Jupyter process, and the environment variables that point it at them (so no
     two servers, nor the developer's own Jupyter, share state)."""
     home = workdir / name
-    for d in ("root", "runtime", "config", "data", "ipython"):
-        (home / d).mkdir(parents=True, exist_ok=True)
-    return home, {
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(home / "config"),
-        "JUPYTER_DATA_DIR": str(home / "data"),
-        "IPYTHONDIR": str(home / "ipython"),
-    }
+    return home, jupyter_dirs(home)
 
 
 @dataclass
@@ -119,23 +123,6 @@ class JupyterServer:
             self.process.thaw()
 
 
-def _auth_args(
-    env: dict[str, str], token: str | None, bearer_file: Path | None
-) -> tuple[list[str], dict[str, str] | None]:
-    """Command-line flags (and static auth headers) for a token or a bearer-file server."""
-    if bearer_file is not None:
-        env["PYTHONPATH"] = str(SUPPORT_DIR)
-        env["MIXER_TEST_BEARER_FILE"] = str(bearer_file)
-        return [
-            "--ServerApp.identity_provider_class=bearer_identity.BearerFileIdentityProvider",
-            f"--BearerFileIdentityProvider.token_file={bearer_file}",
-        ], None
-    if token == "":  # no token at all: every local program may use the server
-        return ["--IdentityProvider.token="], {}
-    assert token, "a jupyter_server needs a token, an empty one or a bearer file"
-    return [f"--IdentityProvider.token={token}"], {"Authorization": f"token {token}"}
-
-
 def jupyter_server(
     name: str,
     workdir: Path,
@@ -149,20 +136,30 @@ def jupyter_server(
     ready_timeout: float = 90,
     app: str = "jupyter_server",
     ready_path: str = "/api/status",
+    gateway_url: str | None = None,
+    gateway: Mapping[str, str] | None = None,
 ) -> JupyterServer:
-    """Prepare (not start) ``python -m <app>``; ``token`` (``""``: none) or
-    ``bearer_file`` picks its auth."""
+    """Prepare (not start) ``python -m <app>`` in ``workdir/name``; ``token`` (``""``:
+    none) or ``bearer_file`` picks its auth; ``gateway_url`` and ``gateway`` (headers)
+    make it a front (:func:`notebook_kernels_mixer.processes.jupyter_server_launch`)."""
+    assert bearer_file is not None or token is not None, "a token, an empty one or a bearer file"
     port = port or free_port()
-    home, dirs = jupyter_home(workdir, name)
-    env = clean_env({"MIXER_TEST_WHERE": where, **dirs})
-    auth_args, auth_headers = _auth_args(env, token, bearer_file)
-    argv = [
-        PYTHON, "-m", app,
-        "--allow-root", "--no-browser", "--port-retries=0",
-        f"--port={port}",
-        f"--ServerApp.root_dir={home / 'root'}",
-        *auth_args, *extra_args,
-    ]  # fmt: skip
+    home = workdir / name
+    env = clean_env({"MIXER_TEST_WHERE": where})
+    auth_args: list[str] = []
+    auth_headers: dict[str, str] | None = {"Authorization": f"token {token}"} if token else {}
+    if bearer_file is not None:
+        env["PYTHONPATH"] = str(SUPPORT_DIR)
+        env["MIXER_TEST_BEARER_FILE"] = str(bearer_file)
+        auth_args = [
+            "--ServerApp.identity_provider_class=bearer_identity.BearerFileIdentityProvider",
+            f"--BearerFileIdentityProvider.token_file={bearer_file}",
+        ]
+        token, auth_headers = None, None
+    argv, env = jupyter_server_launch(
+        port, env=env, app=app, token=token, token_in_argv=True, home=home, python=PYTHON,
+        gateway_url=gateway_url, gateway=gateway, extra_args=[*auth_args, *extra_args],
+    )  # fmt: skip
     env.update(extra_env or {})
     server = JupyterServer(
         name=name, port=port, process=None,  # type: ignore[arg-type]
@@ -204,13 +201,13 @@ def front_server(
 ) -> JupyterServer:
     """The Jupyter the user opens, with the mixer as its gateway, as in SPEC §1;
     ``lab``: JupyterLab (ready once ``/lab`` answers) instead of a bare jupyter_server."""
-    headers = json.dumps({"token": mixer_token, "Cookie": f"_xsrf={xsrf}", "X-XSRFToken": xsrf})
-    gateway = [f"--GatewayClient.url=http://[::1]:{mixer_port}/", f"--GatewayClient.headers={headers}"]
+    url, headers = f"http://[::1]:{mixer_port}/", gateway_headers(mixer_token, xsrf)
     if not lab:
-        return jupyter_server("front", workdir, where="front", token=token, extra_args=gateway, port=port)
+        return jupyter_server("front", workdir, where="front", token=token, port=port,
+                              gateway_url=url, gateway=headers)  # fmt: skip
     server = jupyter_server(
-        "front", workdir, where="front", token=token, extra_args=[*gateway, *_LAB_ARGS],
-        port=port, app="jupyterlab", ready_path="/lab", ready_timeout=120,
+        "front", workdir, where="front", token=token, extra_args=_LAB_ARGS, port=port,
+        app="jupyterlab", ready_path="/lab", ready_timeout=120, gateway_url=url, gateway=headers,
     )  # fmt: skip
     server.probe_timeout = 10.0
     _quiet_lab(workdir / "front" / "config")
