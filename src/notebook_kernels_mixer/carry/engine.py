@@ -345,7 +345,7 @@ class _Carry:
         assert isinstance(values, list) and modules is not None and skipped is not None
         self.skipped.update(skipped)
         self.pending = {v["name"]: (v["type"], sum(v["parts"])) for v in values}
-        return values, modules, chunks, total  # type: ignore[return-value]
+        return values, modules, chunks, total
 
     def _acknowledged(self, ack: dict[str, Any], modules: dict[str, str] | None = None) -> None:
         restored, failed = _names(ack.get("restored")), _str_map(ack.get("failed"))

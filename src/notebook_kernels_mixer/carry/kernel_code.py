@@ -3,9 +3,10 @@
 source text by ``carry.engine`` (it is never imported by the mixer itself; the unit
 tests import it to test ``Source`` and ``Sink`` on plain dicts).
 
-It must run on any Python a kernel may have (3.8 and later: pickle protocol 5's
-out-of-band buffers, ``pickle.loads(buffers=...)``), with the standard library and
-IPython only, so it uses no newer syntax and no annotations.
+It must run on any Python a kernel may have (3.7 and later; 3.8 for pickle protocol
+5's out-of-band buffers, ``pickle.loads(buffers=...)``), with the standard library and
+IPython only, so it uses no newer syntax, and its annotations are never evaluated
+(``from __future__ import annotations``).
 
 The cell the engine executes is one line, ``exec(compile(SOURCE, ...), {...})``: this
 code runs in a namespace of its own and leaves nothing in the user's. ``install``
@@ -35,12 +36,16 @@ next ``chunk`` bytes of that stream. The pulls come from the mixer one window at
 time, so no side holds more than a few chunks in flight.
 """
 
+from __future__ import annotations
+
 import contextlib
 import importlib
 import pickle
 import sys
 import threading
 import types
+from collections.abc import Callable, Iterator
+from typing import Any
 
 #: The variable the target kernel gets, with what the carry did (see ``CarryReport``).
 REPORT_VARIABLE = "_mixer_carry"
@@ -56,21 +61,21 @@ class CarryError(Exception):
     """The mixer asked for something this side cannot do (answered as an error)."""
 
 
-def _short(exc):
+def _short(exc: BaseException) -> str:
     text = str(exc)
     if len(text) > 200:
         text = text[:200] + "..."
     return "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
 
 
-def type_name(value):
+def type_name(value: object) -> str:
     cls = type(value)
     module = getattr(cls, "__module__", None) or ""
     name = getattr(cls, "__qualname__", None) or cls.__name__
     return name if module == "builtins" else module + "." + name
 
 
-def user_names(user_ns, hidden):
+def user_names(user_ns: dict[str, Any], hidden: dict[str, Any]) -> list[str]:
     """The user's names in ``user_ns``, as IPython's ``%who`` sees them, less every
     name starting with "_" (IPython's ``_``, ``_i3``, ``_oh``…; the user's private ones)."""
     names = []
@@ -83,15 +88,15 @@ def user_names(user_ns, hidden):
     return names
 
 
-def cloudpickle_version():
+def cloudpickle_version() -> str | None:
     try:
-        import cloudpickle
+        import cloudpickle  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except Exception:
         return None
     return str(getattr(cloudpickle, "__version__", "?"))
 
 
-def hello():
+def hello() -> dict[str, Any]:
     return {
         "op": "hello",
         "python": ".".join(str(n) for n in sys.version_info[:3]),
@@ -100,7 +105,7 @@ def hello():
     }
 
 
-def _known_size(value):
+def _known_size(value: object) -> int | None:
     """The size of a flat value without serializing it (None: not known so cheaply), so
     that a value over the cap is not copied into a pickle only to be dropped."""
     if isinstance(value, (bytes, bytearray, str)):
@@ -115,11 +120,11 @@ def _known_size(value):
     return None
 
 
-def _dumps(dumps, value, protocol):
+def _dumps(dumps: Callable[..., bytes], value: object, protocol: int) -> list[memoryview]:
     """``value`` as parts: its pickle, then its out-of-band buffers (memoryviews of
     the value's own memory, not copies)."""
     if protocol >= 5:
-        buffers = []
+        buffers: list[pickle.PickleBuffer] = []
         payload = dumps(value, protocol=protocol, buffer_callback=buffers.append)
         try:
             return [memoryview(payload)] + [b.raw() for b in buffers]
@@ -128,18 +133,19 @@ def _dumps(dumps, value, protocol):
     return [memoryview(dumps(value, protocol=protocol))]
 
 
-def over_cap(size, cap):
+def over_cap(size: int, cap: int) -> str:
     return "over the size cap: %d bytes serialized, the cap is %d bytes for all values" % (size, cap)
 
 
 class Source(object):
     """The source side: what of ``user_ns`` travels, serialized, and the chunks."""
 
-    def __init__(self, user_ns, hidden, serializer, protocol, cap, chunk):
+    def __init__(self, user_ns: dict[str, Any], hidden: dict[str, Any], serializer: str, protocol: int,
+                 cap: int, chunk: int) -> None:
         if chunk <= 0:
             raise CarryError("invalid chunk size %r" % (chunk,))
         if serializer == "cloudpickle":
-            import cloudpickle
+            import cloudpickle  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
             dumps = cloudpickle.dumps
         elif serializer == "pickle":
@@ -185,7 +191,7 @@ class Source(object):
         self.sent = 0
         self._pieces = self._iter_chunks()
 
-    def manifest(self):
+    def manifest(self) -> dict[str, Any]:
         return {
             "op": "manifest",
             "values": [
@@ -198,7 +204,7 @@ class Source(object):
             "chunks": self.chunks,
         }
 
-    def _iter_chunks(self):
+    def _iter_chunks(self) -> Iterator[list[memoryview]]:
         pending, size = [], 0
         for _, _, parts, _ in self.values:
             for part in parts:
@@ -214,7 +220,7 @@ class Source(object):
         if pending:
             yield pending
 
-    def pull(self, seq):
+    def pull(self, seq: object) -> Any:
         """Chunk ``seq`` (pulls come in order): one buffer, a view of the value's own
         memory when the chunk lies within one part."""
         if seq != self.sent:
@@ -226,7 +232,7 @@ class Source(object):
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def _rebind(value, user_ns):
+def _rebind(value: object, user_ns: dict[str, Any]) -> object:
     """A function defined in the notebook (cloudpickle carries it by value, with a
     snapshot of the globals it used) sees the notebook's globals again, as it did in
     the source kernel."""
@@ -251,7 +257,7 @@ def _rebind(value, user_ns):
 class Sink(object):
     """The target side: bytes in, values into ``user_ns`` as soon as each is whole."""
 
-    def __init__(self, user_ns, values):
+    def __init__(self, user_ns: dict[str, Any], values: list[Any]) -> None:
         self.user_ns = user_ns
         self.values = []
         for entry in values:
@@ -262,14 +268,15 @@ class Sink(object):
             self.values.append((name, parts))
         self._value = 0  # index in self.values
         self._part = 0  # index in the current value's parts
-        self._parts = []  # the current value's complete parts
-        self._current = None  # the part being filled
+        self._parts: list[bytearray] = []  # the current value's complete parts
+        self._current: bytearray | None = None  # the part being filled
         self._filled = 0
         self.received = 0
 
-    def import_modules(self, modules):
+    def import_modules(self, modules: dict[str, str]) -> tuple[list[str], dict[str, str]]:
         """``name → module``: each imported by its name; → (restored, failed)."""
-        restored, failed = [], {}
+        restored: list[str] = []
+        failed: dict[str, str] = {}
         for name, module in sorted(modules.items()):
             try:
                 self.user_ns[name] = importlib.import_module(module)
@@ -280,10 +287,10 @@ class Sink(object):
         return restored, failed
 
     @property
-    def complete(self):
+    def complete(self) -> bool:
         return self._value >= len(self.values)
 
-    def _settle(self, restored, failed):
+    def _settle(self, restored: list[str], failed: dict[str, str]) -> None:
         """Move on past whole parts and values (restoring those); stop at the first
         part that still needs bytes."""
         while self._value < len(self.values):
@@ -310,9 +317,10 @@ class Sink(object):
             else:
                 restored.append(name)
 
-    def feed(self, buffers):
+    def feed(self, buffers: list[Any]) -> tuple[list[str], dict[str, str]]:
         """The bytes of one chunk; → (restored, failed) of the values it completed."""
-        restored, failed = [], {}
+        restored: list[str] = []
+        failed: dict[str, str] = {}
         for buf in buffers:
             view = memoryview(buf).cast("B")
             offset, end = 0, view.nbytes
@@ -335,7 +343,7 @@ class CarryReport(object):
     (name → (type, bytes)), ``skipped`` (name → why), ``bytes``, ``seconds``,
     ``source``/``target`` (backend and kernel id), ``serializer``."""
 
-    def __init__(self, report):
+    def __init__(self, report: dict[str, Any]) -> None:
         self.outcome = report.get("outcome")
         self.reason = report.get("reason")
         self.carried = dict(
@@ -349,13 +357,13 @@ class CarryReport(object):
         self.target = report.get("target")
 
     @staticmethod
-    def _size(n):
+    def _size(n: int) -> str:
         for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
             if n >= size:
                 return "%.1f %s" % (n / float(size), unit)
         return "%d bytes" % n
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         head = "Variables carried from %s to %s: %s, %d carried, %d skipped, %s in %.2f s" % (
             self.source, self.target, self.outcome, len(self.carried), len(self.skipped),
             self._size(self.bytes), self.seconds)
@@ -383,7 +391,7 @@ class CarryReport(object):
 class _End(object):
     """One kernel's end of one carry's comm."""
 
-    def __init__(self, shell, comm, ttl):
+    def __init__(self, shell: Any, comm: Any, ttl: float) -> None:
         self.shell = shell
         self.comm = comm
         # Whatever happens to the mixer, what this end holds is let go after ``ttl``.
@@ -391,14 +399,18 @@ class _End(object):
         self.timer.daemon = True
         self.timer.start()
 
-    def free(self):
+    def free(self) -> None:
         pass
 
-    def on_close(self, msg):
+    def handle(self, op: object, data: dict[str, Any], buffers: list[Any]
+               ) -> tuple[dict[str, Any], list[Any] | None]:
+        raise NotImplementedError
+
+    def on_close(self, msg: Any) -> None:
         self.timer.cancel()
         self.free()
 
-    def on_msg(self, msg):
+    def on_msg(self, msg: dict[str, Any]) -> None:
         content = msg.get("content") or {}
         data = content.get("data") or {}
         try:
@@ -411,12 +423,13 @@ class _End(object):
 
 
 class _SourceEnd(_End):
-    source = None
+    source: Source | None = None
 
-    def free(self):
+    def free(self) -> None:
         self.source = None
 
-    def handle(self, op, data, buffers):
+    def handle(self, op: object, data: dict[str, Any], buffers: list[Any]
+               ) -> tuple[dict[str, Any], list[Any] | None]:
         if op == "serialize":
             self.source = Source(self.shell.user_ns, self.shell.user_ns_hidden, data["serializer"],
                                  data["protocol"], data["cap"], data["chunk"])
@@ -430,12 +443,13 @@ class _SourceEnd(_End):
 
 
 class _TargetEnd(_End):
-    sink = None
+    sink: Sink | None = None
 
-    def free(self):
+    def free(self) -> None:
         self.sink = None
 
-    def handle(self, op, data, buffers):
+    def handle(self, op: object, data: dict[str, Any], buffers: list[Any]
+               ) -> tuple[dict[str, Any], list[Any] | None]:
         if op == "manifest":
             self.sink = Sink(self.shell.user_ns, data.get("values") or [])
             restored, failed = self.sink.import_modules(data.get("modules") or {})
@@ -452,7 +466,7 @@ class _TargetEnd(_End):
         raise CarryError("unknown op %r" % (op,))
 
 
-def install(role, target_name, ttl):
+def install(role: str, target_name: str, ttl: float) -> None:
     """Register the comm target of one carry in this kernel (the engine's cell calls
     this). The first comm opened to it gets a ``hello``; the target is then removed."""
     from IPython import get_ipython
@@ -461,7 +475,7 @@ def install(role, target_name, ttl):
     manager = shell.kernel.comm_manager
     end_class = _SourceEnd if role == "source" else _TargetEnd
 
-    def opened(comm, msg):
+    def opened(comm: Any, msg: Any) -> None:
         with contextlib.suppress(Exception):
             manager.unregister_target(target_name, opened)
         end = end_class(shell, comm, ttl)
