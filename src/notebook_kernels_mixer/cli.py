@@ -2,8 +2,9 @@
 MixerConfig → run.
 
 ``mixer [flags]`` runs the mixer; ``mixer lab`` starts the whole topology;
-``mixer status`` prints the status of a running mixer. Flags may be spelt with one
-dash, as Go's flag package allows (``-port=9991``), so old command lines keep working.
+``mixer status`` prints the status of a running mixer (``mixer kernels``: its kernels).
+Flags may be spelt with one dash, as Go's flag package allows (``-port=9991``), so old
+command lines keep working.
 
 The configuration is built in layers, each winning over the one before:
 the flags' defaults < the ``--config`` files (``config_file``) < the flags given on the
@@ -132,6 +133,17 @@ def _mixer_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "allow-origin", action="append", default=[], metavar="ORIGIN",
           help="also admit requests and websockets from this Origin (scheme://host[:port]), and requests "
                "whose Host is its host; repeatable")
+    _flag(parser, "cull-idle-timeout", default="0", metavar="SECONDS",
+          help="shut down a remote backend's kernels idle for longer than this (seconds or "
+               "a duration like 1h), as jupyter_server's MappingKernelManager.cull_idle_timeout; "
+               "0: never. Applies to every backend but the local one; a config file sets it "
+               "per backend")
+    _flag(parser, "cull-interval", default="300", metavar="SECONDS",
+          help="how often remote backends' kernels are checked for culling")
+    _flag(parser, "cull-connected", action="store_true",
+          help="cull idle kernels even with clients connected (through the mixer or not)")
+    _flag(parser, "cull-busy", action="store_true",
+          help="cull kernels even while busy (a long computation counts as idle)")
     _flag(parser, "log-level", default="info", choices=["debug", "info", "warning", "error"],
           help="log level")
 
@@ -147,7 +159,11 @@ _SECONDS: dict[str, Callable[[str], float]] = {
     "list_timeout": parse_duration,
     "retention": _duration_or_zero,
     "listing_window": _duration_or_zero,
+    "cull_idle_timeout": _duration_or_zero,
+    "cull_interval": parse_duration,
 }
+#: The culling flags: they apply to every backend but the local one.
+_CULLING = ("cull_idle_timeout", "cull_interval", "cull_connected", "cull_busy")
 
 
 class _OnlyGiven(argparse.Namespace):
@@ -318,6 +334,9 @@ def _backends(files: FileSettings, flags: Flags,
        fetches Google credentials and that set no ``gce_metadata_ip``.
     4. (``config_from_flags``) The default backend is the one marked ``default =
        true``, else the first backend that is not the local one, else the local one.
+    5. The culling flags given (``--cull-idle-timeout``, ``--cull-interval``,
+       ``--cull-connected``, ``--cull-busy``) set those of every backend but the local
+       one (the remote ones, SPEC §7); a file sets them per backend.
     """
     local, remote = seeds(flags, cap)
     local_name = next((fb.config.name for fb in files.backends if fb.local), None)
@@ -346,6 +365,9 @@ def _backends(files: FileSettings, flags: Flags,
         out.insert(0, local.config)
     if remote is not None and remote.config.name not in names:
         out.append(remote.config)
+    # 5. the culling flags given
+    culling = {key: flags.given[key] for key in _CULLING if key in flags.given}
+    out = [b if b.name == local_name else replace(b, **culling) for b in out]
     return tuple(out), local_name
 
 
@@ -377,10 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from notebook_kernels_mixer.lab import main as lab_main
 
         return lab_main(argv[1:])
-    if argv and argv[0] == "status":
+    if argv and argv[0] in ("status", "kernels"):
         from notebook_kernels_mixer.status_cli import main as status_main
 
-        return status_main(argv[1:])
+        # ``mixer kernels`` is ``mixer status --kernels``
+        return status_main(argv[1:] if argv[0] == "status" else ["--kernels", *argv[1:]])
     try:
         flags = parse_flags(argv)  # a bad duration is a ConfigError
         setup_logging(flags["log_level"])

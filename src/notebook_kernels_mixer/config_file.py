@@ -35,6 +35,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 BACKEND_KEYS = (
     "name", "display_suffix", "url", "auth", *kinds.AUTH_KEYS,
     "request_timeout", "list_timeout", "default", "local", "sessions", "gce_metadata_ip",
+    "cull_idle_timeout", "cull_interval", "cull_connected", "cull_busy",
 )  # fmt: skip
 MIXER_KEYS = ("port", "token_env", "token_file", "external_hostname", "retention", "state_file",
               "max_backend_answer")
@@ -167,6 +168,7 @@ def _backend(entry: Any, index: int, path: Path, env: Mapping[str, str]) -> File
         values["token"] = _read_token(entry, path, where, env)
     timeouts = {key: _duration(entry, key, where) for key in ("request_timeout", "list_timeout")}
     values.update({key: value for key, value in timeouts.items() if value is not None})
+    values.update(_culling(entry, where))
     try:
         config = BackendConfig(name=name, **values)
     except ConfigError as exc:
@@ -235,6 +237,22 @@ def _duration(table: Mapping[str, Any], key: str, where: str) -> float | None:
         return parse_duration(str(value))
     except ConfigError as exc:
         raise ConfigFileError(f"{where}: {key}: {exc}") from None
+
+
+def _culling(entry: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The culling keys an entry sets (``cull_idle_timeout = 0``: no culling)."""
+    values: dict[str, Any] = {}
+    if entry.get("cull_idle_timeout") in (0, "0", "0s") and not isinstance(
+            entry.get("cull_idle_timeout"), bool):
+        values["cull_idle_timeout"] = 0.0
+    elif "cull_idle_timeout" in entry:
+        values["cull_idle_timeout"] = _duration(entry, "cull_idle_timeout", where)
+    if "cull_interval" in entry:
+        values["cull_interval"] = _duration(entry, "cull_interval", where)
+    for key in ("cull_connected", "cull_busy"):
+        if key in entry:
+            values[key] = _bool(entry, key, where, False)
+    return values
 
 
 def _positive_int(table: Mapping[str, Any], key: str, where: str) -> int:

@@ -114,7 +114,8 @@ def test_status_help_explains_every_flag() -> None:
     from notebook_kernels_mixer.status_cli import parser
 
     helps = rendered_help(parser())
-    assert set(helps) == {"-h", "--url", "--token", "--json", "--timeout"}
+    assert set(helps) == {"-h", "--url", "--token", "--json", "--timeout", "--kernels",
+                          "--shutdown-orphans"}
     assert "MIXER_URL" in helps["--url"] and "http://127.0.0.1:8081/" in helps["--url"]
     assert "MIXER_TOKEN" in helps["--token"] and "JUPYTER_TOKEN" in helps["--token"]
     assert "default 10" in helps["--timeout"] and parser().get_default("timeout") == 10

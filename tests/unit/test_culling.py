@@ -14,8 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from notebook_kernels_mixer import cli
 from notebook_kernels_mixer.app import CULLER, INVENTORY
 from notebook_kernels_mixer.config import BackendConfig, ConfigError
+from notebook_kernels_mixer.config_file import load_files
 from notebook_kernels_mixer.culling import Culler, CullPolicy, parse_activity, verdict
 from notebook_kernels_mixer.relay.relay import KERNEL_GONE
 from tests.unit.conftest import TOKEN, Mixer
@@ -267,3 +269,78 @@ def test_culling_is_off_by_default() -> None:
     policy = CullPolicy.of(BackendConfig(name="remote", display_suffix="", url="http://127.0.0.1:1"))
     assert not policy.enabled and policy.describe() is None
     assert (policy.interval, policy.connected, policy.busy) == (300.0, False, False)
+
+
+# -- where the policy comes from: config files and flags -------------------------------------
+
+
+def write_config(tmp_path, text: str):
+    path = tmp_path / "mixer.toml"
+    path.write_text(text)
+    return path
+
+
+CONFIG = """
+[[backends]]
+name = "local"
+url = "http://localhost:9992/"
+local = true
+cull_idle_timeout = 60
+
+[[backends]]
+name = "remote"
+url = "http://127.0.0.1:9993/"
+cull_idle_timeout = "2h"
+cull_interval = "5m"
+cull_busy = true
+
+[[backends]]
+name = "kg"
+url = "http://127.0.0.1:9994/"
+"""
+
+
+def policies(config) -> dict[str, tuple[float, float, bool, bool]]:
+    return {b.name: (b.cull_idle_timeout, b.cull_interval, b.cull_connected, b.cull_busy)
+            for b in config.backends}
+
+
+def test_culling_keys_of_a_config_file_are_per_backend(tmp_path) -> None:
+    settings = load_files([write_config(tmp_path, CONFIG)])
+    assert {fb.config.name: (fb.config.cull_idle_timeout, fb.config.cull_interval,
+                             fb.config.cull_busy) for fb in settings.backends} == {
+        "local": (60.0, 300.0, False), "remote": (7200.0, 300.0, True), "kg": (0.0, 300.0, False)}
+
+
+@pytest.mark.parametrize("entry", ['cull_idle_timeout = -5', 'cull_idle_timeout = true',
+                                   'cull_interval = 0', 'cull_busy = "yes"',
+                                   'cull_idle_timout = 10'])
+def test_a_wrong_culling_key_names_the_file_and_backend(tmp_path, entry) -> None:
+    path = write_config(tmp_path, f'[[backends]]\nname = "remote"\nurl = "http://h/"\n{entry}\n')
+    with pytest.raises(ConfigError) as error:
+        load_files([path])
+    assert str(path) in str(error.value) and "'remote'" in str(error.value)
+
+
+def test_culling_flags_set_every_backend_but_the_local_one(tmp_path) -> None:
+    path = write_config(tmp_path, CONFIG)
+    # no culling flag given: the file's values
+    assert policies(cli.config_from_argv([f"--config={path}"])) == {
+        "local": (60.0, 300.0, False, False), "remote": (7200.0, 300.0, False, True),
+        "kg": (0.0, 300.0, False, False)}
+    given = cli.config_from_argv([f"--config={path}", "--cull-idle-timeout=10m",
+                                  "--cull-interval=30", "--cull-connected"])
+    assert policies(given) == {
+        "local": (60.0, 300.0, False, False),  # the local backend keeps its own
+        "remote": (600.0, 30.0, True, True),  # the flags given win; cull_busy stays the file's
+        "kg": (600.0, 30.0, True, False)}
+
+
+def test_culling_flags_apply_to_the_seed_remote_and_are_off_by_default() -> None:
+    seed = ["--remote-url=http://127.0.0.1:9993"]
+    assert policies(cli.config_from_argv(seed)) == {
+        "local": (0.0, 300.0, False, False), "remote": (0.0, 300.0, False, False)}
+    assert policies(cli.config_from_argv([*seed, "--cull-idle-timeout=600", "--cull-busy"])) == {
+        "local": (0.0, 300.0, False, False), "remote": (600.0, 300.0, False, True)}
+    with pytest.raises(ConfigError):
+        cli.config_from_argv([*seed, "--cull-interval=0"])

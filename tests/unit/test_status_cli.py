@@ -93,3 +93,17 @@ async def test_kernels_lists_every_kernel_with_backend_spec_state_connections_ag
 def test_kernel_lines_say_when_a_backend_cannot_list() -> None:
     lines = status_cli.kernel_lines({"kernels": [], "unavailable": {"remote": "timed out"}})
     assert lines == ["no kernels", "remote: cannot list its kernels now: timed out"]
+
+
+async def test_mixer_kernels_is_mixer_status_kernels(fakes, mixer) -> None:
+    from notebook_kernels_mixer import cli
+
+    local, remote, m, lone, used, local_lone = await orphans(fakes, mixer)
+    out = io.StringIO()
+
+    def call() -> int:
+        with contextlib.redirect_stdout(out):
+            return cli.main(["kernels", "--url", m.url, "--token", TOKEN])
+
+    assert await asyncio.to_thread(call) == 0
+    assert out.getvalue().startswith("BACKEND") and used in out.getvalue()
