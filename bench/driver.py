@@ -18,7 +18,6 @@ import os
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,8 +30,8 @@ from pathlib import Path
 import aiohttp
 from tests.e2e.support.fake_gcloud import FakeGcloud
 
-from bench.procs import Procs, reset_peak, system_cpu, tree_cpu, tree_peak_mb, wait_port
-from notebook_kernels_mixer.processes import free_port
+from bench.procs import Procs, reset_peak, system_cpu, tree_cpu, tree_peak_mb
+from notebook_kernels_mixer.processes import Process, free_port, gateway_headers
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -104,7 +103,7 @@ class Fake:
     def __init__(self, bench: Bench, label: str, port: int | None = None) -> None:
         self.bench, self.label = bench, label
         self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
+        self.proc: Process | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def start(self, delay_ms: float = 0, blackhole: bool = False) -> Fake:
@@ -114,13 +113,13 @@ class Fake:
         if blackhole:
             cmd.append("--blackhole")
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        self.proc = self.bench.procs.start(f"fake-{self.label}", cmd, {**os.environ, "PYTHONPATH": path})
-        await wait_port(self.bench.procs, self.proc, self.port)
+        env = {**os.environ, "PYTHONPATH": path}
+        self.proc = await self.bench.procs.launch(f"fake-{self.label}", cmd, env, port=self.port)
         return self
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        assert self.proc is not None and self.proc.pid is not None
         return self.proc.pid
 
     async def stats(self) -> dict:
@@ -151,12 +150,12 @@ class Mixer:
         self.bench, self.label, self.template = bench, label, template
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
+        self.proc: Process | None = None
         state = bench.tmp / f"gcloud-{label}-{self.port}"
         self.gcloud = FakeGcloud(state, state / "token", expiry_seconds=3600)
         self.client_requests = 0
         self.started_cpu = 0.0
-        self.spy: subprocess.Popen | None = None
+        self.spy: Process | None = None
         self.name = ""
         self.config: Path | None = None  # {config} in the template
 
@@ -177,11 +176,10 @@ class Mixer:
         runtime = tempfile.mkdtemp(prefix=f"mixer-bench-{name}-")
         env = {**os.environ, "PATH": self.gcloud.path_env(), "JUPYTER_RUNTIME_DIR": runtime}
         self.name = name
-        self.proc = self.bench.procs.start(
-            f"{self.label}-{name}", self.command(jupyter_port, remote_port), env
+        self.proc = await self.bench.procs.launch(
+            f"{self.label}-{name}", self.command(jupyter_port, remote_port), env, port=self.port, timeout=60
         )
-        await wait_port(self.bench.procs, self.proc, self.port, timeout=60)
-        self.started_cpu = tree_cpu(self.proc.pid)
+        self.started_cpu = tree_cpu(self.pid)
         if self.bench.args.py_spy:
             await self.start_spy()
         return self
@@ -196,7 +194,7 @@ class Mixer:
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        assert self.proc is not None and self.proc.pid is not None
         return self.proc.pid
 
     def finish(self) -> dict:
@@ -212,7 +210,7 @@ class Mixer:
             self.bench.procs.stop(self.spy, timeout=30, sig=signal.SIGINT)
             out["profile"] = str(self.spy_out)
             self.bench.profiles.append((f"{self.label}-{self.name}", self.spy_out))
-        alive = self.proc.poll() is None
+        alive = self.proc.running()
         self.bench.procs.stop(self.proc)
         out["alive_at_end"] = alive
         self.proc = None
@@ -220,7 +218,7 @@ class Mixer:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"token": TOKEN, "Cookie": f"_xsrf={XSRF}", "X-XSRFToken": XSRF}
+        return gateway_headers(TOKEN, XSRF)
 
 
 @dataclass

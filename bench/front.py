@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
-import subprocess
 
 from bench.driver import TOKEN, XSRF, Bench, Fake, Mixer, Target, direct_headers
 from bench.load import t_exec_small
 from bench.scenarios import direct_kernel, start_jupyter
+from notebook_kernels_mixer.processes import Process, gateway_headers
 
 EXTENSION = "notebook_kernels_mixer.jupyter"
 
@@ -44,20 +43,14 @@ def extension_args(present: bool) -> list[str]:
     return [f"--ServerApp.jpserver_extensions={EXTENSION}=True"] if present else []
 
 
-async def start_front(bench: Bench, mixer: Mixer, ext: list[str]) -> tuple[subprocess.Popen, int]:
-    """A jupyter_server in gateway mode in front of ``mixer``, as ``mixer lab`` starts it."""
-    # SPEC §1's GatewayClient headers; in the environment, as they hold the token.
-    headers = {"token": TOKEN, "Cookie": f"_xsrf={XSRF}", "X-XSRFToken": XSRF}
-    return await start_jupyter(
-        bench,
-        f"front-{mixer.label}",
-        f"--GatewayClient.url={mixer.url}/",
-        *ext,
-        env={"JUPYTER_GATEWAY_HEADERS": json.dumps(headers)},
-    )
+async def start_front(bench: Bench, mixer: Mixer, ext: list[str]) -> tuple[Process, int]:
+    """A jupyter_server in gateway mode in front of ``mixer``, as ``mixer lab`` starts it
+    (SPEC §1's GatewayClient headers in its environment, as they hold the token)."""
+    return await start_jupyter(bench, f"front-{mixer.label}", *ext, gateway_url=f"{mixer.url}/",
+                               gateway=gateway_headers(TOKEN, XSRF))  # fmt: skip
 
 
-async def stock_targets(bench: Bench, servers: dict[str, tuple[subprocess.Popen, int]]) -> list[Target]:
+async def stock_targets(bench: Bench, servers: dict[str, tuple[Process, int]]) -> list[Target]:
     """A kernel on each stock server (with and without the TCP_NODELAY extension)."""
     targets = []
     for name, (proc, port) in servers.items():
@@ -69,7 +62,7 @@ async def stock_targets(bench: Bench, servers: dict[str, tuple[subprocess.Popen,
 
 async def lab_targets(
     bench: Bench, ext: list[str], local_port: int, local_pid: int, remote: Fake
-) -> tuple[list[Target], list[Mixer], list[subprocess.Popen]]:
+) -> tuple[list[Target], list[Mixer], list[Process]]:
     """For every mixer under test: the mixer and its front, and a kernel on the local
     server started through the front."""
     targets, mixers, fronts = [], [], []
@@ -85,7 +78,7 @@ async def lab_targets(
     return targets, mixers, fronts
 
 
-async def start_servers(bench: Bench, ext: list[str]) -> dict[str, tuple[subprocess.Popen, int]]:
+async def start_servers(bench: Bench, ext: list[str]) -> dict[str, tuple[Process, int]]:
     """The lab topology's local server and the stock ones, all at once (start-up is the
     slow part of this section)."""
     configs = {"local": ext, "stock": [], **({"stock+nodelay": ext} if ext else {})}

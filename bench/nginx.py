@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from bench.driver import Bench
-from bench.procs import wait_port
-from notebook_kernels_mixer.processes import free_port
+from notebook_kernels_mixer.processes import Process, free_port
 
 CONFIG = """\
 # Written by bench/nginx.py: a websocket relay in front of one backend.
@@ -62,7 +60,7 @@ def nginx_binary() -> str | None:
     )
 
 
-async def start_nginx(bench: Bench, backend_port: int) -> tuple[subprocess.Popen, int] | None:
+async def start_nginx(bench: Bench, backend_port: int) -> tuple[Process, int] | None:
     """nginx relaying 127.0.0.1:<free port> to ``backend_port``; None without nginx."""
     binary = nginx_binary()
     if binary is None:
@@ -76,7 +74,5 @@ async def start_nginx(bench: Bench, backend_port: int) -> tuple[subprocess.Popen
     conf = prefix / "nginx.conf"
     conf.write_text(CONFIG.format(prefix=prefix, backend=backend_port, port=port, user=user))
     cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    proc = bench.procs.start("ref-nginx", cmd)
-    await wait_port(bench.procs, proc, port)
-    return proc, port
+    return await bench.procs.launch("ref-nginx", cmd, port=port), port
 

@@ -1,10 +1,10 @@
 """The benchmark's processes and what /proc says about them.
 
-Every server of a run is a child process started here and stopped by its own pid (and
-whatever it left behind, e.g. kernels, by pid and start time). The meters read CPU
-clocks and peak memory from /proc, so a figure never depends on the process's help.
-The generic helpers (free ports, descendants) are the package's own
-(``notebook_kernels_mixer.processes``), shared with ``mixer lab`` and the tests.
+Every server of a run is a :class:`notebook_kernels_mixer.processes.Process` (the class
+``mixer lab`` and the tests use) started here, ready once it accepts TCP on its port,
+and stopped by its own pid: its process group, then whatever it left behind in other
+sessions (kernels) by pid and start time, at once. The meters read CPU clocks and peak
+memory from /proc, so a figure never depends on the process's help.
 """
 
 from __future__ import annotations
@@ -12,14 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 
-from notebook_kernels_mixer.processes import descendants
+from notebook_kernels_mixer.processes import Process, descendants, port_open
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -29,14 +26,6 @@ def tree(pid: int) -> list[int]:
     return [pid, *descendants(pid)]
 
 
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts TCP on ``port`` (a blackhole does, and never answers
-    HTTP: readiness here is the listening socket, not an HTTP answer)."""
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
 def _stat(pid: int) -> list[bytes] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -44,12 +33,6 @@ def _stat(pid: int) -> list[bytes] | None:
     except OSError:
         return None
     return stat[stat.rindex(b")") + 2 :].split()
-
-
-def start_time(pid: int) -> int | None:
-    """Start time in clock ticks since boot: with the pid, names one process for good."""
-    fields = _stat(pid)
-    return int(fields[19]) if fields else None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -131,41 +114,30 @@ class Procs:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.live: list[subprocess.Popen] = []
-        self.names: dict[int, str] = {}
+        self.live: list[Process] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        log.write(f"$ {shlex.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=self.log_dir,
-        )
-        log.close()
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
+              port: int | None = None) -> Process:  # fmt: skip
+        """``cmd`` started (not waited for), logging to ``<log_dir>/<name>.log``; ready
+        once it accepts TCP on ``port``. It gets SIGTERM should the benchmark die."""
+        proc = Process(
+            name, cmd, log_path=self.log_dir / f"{name}.log", env=env, cwd=self.log_dir,
+            ready=None if port is None else lambda: port_open(port),
+            poll_interval=0.05, reap_grace=0.0, die_with_parent=True,
+        )  # fmt: skip
         self.live.append(proc)
-        self.names[proc.pid] = name
+        return proc.start(wait=False)
+
+    async def launch(self, name: str, cmd: list[str], env: dict[str, str] | None = None, *,
+                     port: int, timeout: float = 30) -> Process:  # fmt: skip
+        """``cmd`` started and listening on ``port``; raises with its log's tail if it
+        exits first or does not listen within ``timeout``."""
+        proc = self.start(name, cmd, env, port)
+        await asyncio.to_thread(proc.wait_ready, timeout)
         return proc
 
-    def stop(self, proc: subprocess.Popen, timeout: float = 8.0, sig: int = signal.SIGTERM) -> None:
-        left = [(p, start_time(p)) for p in descendants(proc.pid)]
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        # Anything it started and left behind (kernels), by pid, if that pid is still
-        # the same process (same start time).
-        for pid, started in left:
-            if started is not None and start_time(pid) == started:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+    def stop(self, proc: Process, timeout: float = 8.0, sig: int = signal.SIGTERM) -> None:
+        proc.stop(timeout, sig)
         if proc in self.live:
             self.live.remove(proc)
 
@@ -173,23 +145,3 @@ class Procs:
         for proc in reversed(list(self.live)):
             with contextlib.suppress(Exception):
                 self.stop(proc, timeout=5)
-
-    def tail(self, proc: subprocess.Popen, lines: int = 15) -> str:
-        path = self.log_dir / f"{self.names.get(proc.pid, '?')}.log"
-        with contextlib.suppress(OSError):
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
-async def wait_port(procs: Procs, proc: subprocess.Popen, port: int, timeout: float = 30) -> None:
-    """Until ``proc`` accepts TCP on ``port``; raises with its log's tail if it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{procs.names.get(proc.pid)} exited with {proc.returncode}:\n{procs.tail(proc)}"
-            )
-        if port_open(port):
-            return
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{procs.names.get(proc.pid)} not listening on {port} after {timeout}s")

@@ -7,24 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
+from collections.abc import Mapping
 
 from bench.driver import HERE, TOKEN, Bench, Fake, Mixer, Target, direct_headers
 from bench.load import t_bulk, t_exec_big, t_exec_small, t_many, t_pipelined, t_rtt
 from bench.nginx import start_nginx
-from bench.procs import wait_port
-from notebook_kernels_mixer.processes import free_port
+from notebook_kernels_mixer.processes import Process, free_port, jupyter_server_launch
 
 # -- section 1 -------------------------------------------------------------------------
 
 
-async def start_splice(bench: Bench, backend: Fake, kernel: str) -> tuple[Target, subprocess.Popen]:
+async def start_splice(bench: Bench, backend: Fake, kernel: str) -> tuple[Target, Process]:
     """Reference: a byte-for-byte TCP forwarder to the same backend (not a mixer)."""
     port = free_port()
     cmd = [sys.executable, str(HERE / "splice_proxy.py"), "--port", str(port), "--to", str(backend.port)]
-    splice = bench.procs.start("ref-splice", cmd)
-    await wait_port(bench.procs, splice, port)
+    splice = await bench.procs.launch("ref-splice", cmd, port=port)
     roles = {"mixer": splice.pid, "backend": backend.pid}
     return Target("ref-splice", f"http://127.0.0.1:{port}", direct_headers(), kernel, roles), splice
 
@@ -101,36 +99,20 @@ async def section_ws(bench: Bench) -> dict:
 
 
 async def start_jupyter(
-    bench: Bench, name: str, *extra: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen, int]:
-    """A jupyter_server of this run (IOPub rate limit off, token = the run's), ready;
-    ``extra`` options and ``env`` variables added."""
+    bench: Bench, name: str, *extra: str, gateway_url: str | None = None,
+    gateway: Mapping[str, str] | None = None,
+) -> tuple[Process, int]:
+    """A jupyter_server of this run (IOPub rate limit off, token = the run's, Jupyter
+    directories of its own), ready; ``extra`` options added; ``gateway_url`` and
+    ``gateway`` (headers): a front with its kernels there."""
     port = free_port()
-    root = bench.tmp / "jupyter-root"
-    root.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "JUPYTER_RUNTIME_DIR": str(bench.tmp / f"jupyter-runtime-{name}"),
-        "JUPYTER_CONFIG_DIR": str(bench.tmp / "jupyter-config"),
-        **(env or {}),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--no-browser",
-        "--allow-root",
-        f"--port={port}",
-        "--port-retries=0",
-        f"--IdentityProvider.token={TOKEN}",
-        f"--ServerApp.root_dir={root}",
-        "--ZMQChannelsWebsocketConnection.limit_rate=False",
-        "--ServerApp.log_level=WARN",
-        *extra,
-    ]
-    proc = bench.procs.start(name, cmd, env)
-    await wait_port(bench.procs, proc, port, timeout=60)
-    return proc, port
+    argv, env = jupyter_server_launch(
+        port, env=os.environ, token=TOKEN, home=bench.tmp / name,
+        gateway_url=gateway_url, gateway=gateway,
+        extra_args=["--ZMQChannelsWebsocketConnection.limit_rate=False", "--ServerApp.log_level=WARN",
+                    *extra],
+    )  # fmt: skip
+    return await bench.procs.launch(name, argv, env, port=port, timeout=60), port
 
 
 async def direct_kernel(bench: Bench, url: str) -> str:
