@@ -16,7 +16,13 @@ import signal
 
 from aiohttp import web
 
+try:
+    import resource
+except ImportError:  # not on Windows, where the C runtime's limit is another matter
+    resource = None  # type: ignore[assignment]
+
 from notebook_kernels_mixer.backends import Backend, build_backend
+from notebook_kernels_mixer.carry.service import Carries, CarryHandlers
 from notebook_kernels_mixer.config import MixerConfig
 from notebook_kernels_mixer.culling import Culler, CullPolicy
 from notebook_kernels_mixer.front.middlewares import access_logger, errors, protector
@@ -67,7 +73,9 @@ async def build_app(config: MixerConfig) -> web.Application:
     stores = {name: session_store(k, kept) for name, k in backend_kernels.items()}
     specs = KernelspecsHandlers(inventory, cache)
     kernels = KernelsHandlers(inventory, relay, backend_kernels, specs.default_spec)
-    sessions = SessionsHandlers(inventory, stores, kernels, specs.default_spec)
+    carries = Carries(enabled=config.carry_variables, budget=config.carry_budget,
+                      cap=config.carry_cap)
+    sessions = SessionsHandlers(inventory, stores, kernels, specs.default_spec, carries)
     culler = Culler(inventory, kernels, relay, metrics,
                     {b.name: CullPolicy.of(b) for b in config.backends})
     app = web.Application(
@@ -80,6 +88,7 @@ async def build_app(config: MixerConfig) -> web.Application:
     app[CULLER] = culler
     for handlers in (StatusHandlers(inventory, relay, kernels, sessions, path, culler),
                      MetricsHandlers(metrics, kernels), specs, kernels, sessions,
+                     CarryHandlers(carries, kernels.owner),
                      LocalProxy(inventory, relay, external_hostname=config.external_hostname)):
         app.add_routes(handlers.routes())
     _lifecycle(app, backends, relay, cache, state, culler)
@@ -141,8 +150,32 @@ async def _listen(runner: web.AppRunner, config: MixerConfig) -> list[str]:
     return bound
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """The soft limit of open files raised to the hard one, as servers commonly do.
+
+    Every relayed websocket holds two descriptors (client and backend legs); under
+    macOS's default soft limit of 256 the mixer ran out at 120 websockets, while the
+    hard limit allows far more. Returns (soft, hard) as they are now.
+    """
+    if resource is None:
+        return -1, -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:  # e.g. macOS caps it at OPEN_MAX
+            log.warning("cannot raise the open-files limit from %s to %s: %s", soft, wanted, exc)
+    return soft, hard
+
+
 async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> None:
     """Listen on the configured (loopback) addresses until SIGINT/SIGTERM."""
+    soft, hard = raise_fd_limit()
+    if soft > 0:
+        log.info("open files: up to %s, so about %s kernel websockets (two descriptors each)",
+                 soft, soft // 2)
     try:
         app = await build_app(config)
     except StateError as exc:

@@ -26,6 +26,8 @@ from typing import Any
 from notebook_kernels_mixer import __version__
 from notebook_kernels_mixer.backends import kinds
 from notebook_kernels_mixer.config import (
+    CARRY_BUDGET,
+    CARRY_CAP,
     LOOPBACK_HOSTS,
     MAX_BACKEND_ANSWER,
     BackendConfig,
@@ -121,6 +123,15 @@ def _mixer_flags(parser: argparse.ArgumentParser) -> None:
     _flag(parser, "max-backend-answer", type=int, default=MAX_BACKEND_ANSWER, metavar="BYTES",
           help="largest REST answer (listing, kernelspec resource, error) taken from a "
                "backend, in bytes; a larger one is answered 502")
+    _flag(parser, "carry-variables", action="store_true",
+          help="when a notebook's kernel changes backend, carry the old Python kernel's "
+               "variables into the new one (data then leaves the machine it was on: "
+               "README 'Switching keeps your variables')")
+    _flag(parser, "carry-budget", default=f"{CARRY_BUDGET:g}s", metavar="DURATION",
+          help="longest a carry may hold up a switch; the switch then completes with what "
+               "arrived")
+    _flag(parser, "carry-cap", type=int, default=CARRY_CAP, metavar="BYTES",
+          help="most serialized bytes one carry moves; the largest values stay behind")
     _flag(parser, "config", action="append", default=[], metavar="FILE",
           help="TOML file declaring backends (see examples/mixer.toml); may be repeated. "
                "Flags given on the command line override the file (README: Config file)")
@@ -161,6 +172,7 @@ _SECONDS: dict[str, Callable[[str], float]] = {
     "listing_window": _duration_or_zero,
     "cull_idle_timeout": _duration_or_zero,
     "cull_interval": parse_duration,
+    "carry_budget": parse_duration,
 }
 #: The culling flags: they apply to every backend but the local one.
 _CULLING = ("cull_idle_timeout", "cull_interval", "cull_connected", "cull_busy")
@@ -309,6 +321,9 @@ def config_from_flags(flags: Flags, environ: Mapping[str, str] | None = None) ->
         retention=values["retention"],
         listing_window=values["listing_window"],
         state_file=values["state_file"],
+        carry_variables=values["carry_variables"],
+        carry_budget=values["carry_budget"],
+        carry_cap=values["carry_cap"],
         log=LogConfig(
             request_headers=values["log_all_request_headers"],
             request_responses=values["log_all_request_responses"],

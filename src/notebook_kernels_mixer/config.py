@@ -23,6 +23,11 @@ BACKEND_NAME_RE = re.compile(r"^[a-z0-9_]+$")
 LOOPBACK_HOSTS = ("::1", "127.0.0.1")
 #: Default cap of one REST answer from a backend (``--max-backend-answer``).
 MAX_BACKEND_ANSWER = 64 * 1024 * 1024
+#: A carry's time budget: under jupyter_server's GatewayClient.request_timeout (42 s), so
+#: that a front's kernel change that waits for it is not cut off.
+CARRY_BUDGET = 30.0
+#: Serialized bytes one carry moves at most (the largest values stay behind).
+CARRY_CAP = 1 << 30
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {
@@ -196,6 +201,11 @@ class MixerConfig:
     #: SQLite file of the state a restart must not forget; ``:memory:`` keeps nothing,
     #: ``None`` is one file per port in Jupyter's runtime directory.
     state_file: str | None = None
+    #: Carry a notebook's variables when its kernel changes backend (SPEC §7), within
+    #: ``carry_budget`` seconds and ``carry_cap`` serialized bytes.
+    carry_variables: bool = False
+    carry_budget: float = CARRY_BUDGET
+    carry_cap: int = CARRY_CAP
     log: LogConfig = LogConfig()
 
     def __post_init__(self) -> None:
@@ -218,3 +228,5 @@ class MixerConfig:
             raise ConfigError(f"invalid port {self.port}")
         if self.retention < 0 or self.listing_window < 0:
             raise ConfigError("retention and listing window must not be negative")
+        if self.carry_budget <= 0 or self.carry_cap < 0:
+            raise ConfigError("the carry budget must be positive and its cap not negative")

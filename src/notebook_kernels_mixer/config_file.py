@@ -38,7 +38,7 @@ BACKEND_KEYS = (
     "cull_idle_timeout", "cull_interval", "cull_connected", "cull_busy",
 )  # fmt: skip
 MIXER_KEYS = ("port", "token_env", "token_file", "external_hostname", "retention", "state_file",
-              "max_backend_answer")
+              "max_backend_answer", "carry_variables", "carry_budget", "carry_cap")
 TOP_KEYS = ("mixer", "backends")
 
 
@@ -71,6 +71,9 @@ class FileSettings:
     retention: float | None = None
     state_file: str | None = None
     max_backend_answer: int | None = None
+    carry_variables: bool | None = None
+    carry_budget: float | None = None
+    carry_cap: int | None = None
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -80,6 +83,7 @@ def load_files(paths: Sequence[str | os.PathLike[str]],
     env = os.environ if environ is None else environ
     backends: list[FileBackend] = []
     port = token = external_hostname = retention = state_file = max_answer = None
+    carry: dict[str, Any] = {}
     for raw in paths:
         path = Path(raw).expanduser()
         data = _read_toml(path)
@@ -99,6 +103,7 @@ def load_files(paths: Sequence[str | os.PathLike[str]],
                              .expanduser()) if mixer["state_file"] != ":memory:" else ":memory:"
         if "max_backend_answer" in mixer:
             max_answer = _positive_int(mixer, "max_backend_answer", f"{path}: [mixer]")
+        carry.update(_carry(mixer, f"{path}: [mixer]"))
         if "token_env" in mixer or "token_file" in mixer:
             token = _read_token(mixer, path, f"{path}: [mixer]", env)
         entries = data.get("backends", [])
@@ -110,7 +115,19 @@ def load_files(paths: Sequence[str | os.PathLike[str]],
             backends.append(_backend(entry, index, path, env))
     _check_unique(backends)
     return FileSettings(tuple(backends), port, token, external_hostname, retention, state_file,
-                        max_answer)
+                        max_answer, **carry)
+
+
+def _carry(mixer: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``[mixer]`` carry settings a file gives (README: Switching keeps your variables)."""
+    values: dict[str, Any] = {}
+    if "carry_variables" in mixer:
+        values["carry_variables"] = _bool(mixer, "carry_variables", where, False)
+    if "carry_budget" in mixer:
+        values["carry_budget"] = _duration(mixer, "carry_budget", where)
+    if "carry_cap" in mixer:
+        values["carry_cap"] = _positive_int(mixer, "carry_cap", where)
+    return values
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

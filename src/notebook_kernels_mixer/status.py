@@ -117,6 +117,7 @@ class StatusHandlers:
             "state_file": self.state_file,
             # whether changes reach the file: a failing disk, a value dropped (never values)
             "state": self.inventory.state.status(),
+            "carries": self.sessions.carries.state(),
             "memory": {**self.inventory.sizes(), **self.relay.state()},
             "backends": backends,
         }

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend
+from notebook_kernels_mixer.carry.service import Carries
 from notebook_kernels_mixer.errors import BadRequest, MixerError, NotFound, StateUnavailable
 from notebook_kernels_mixer.inventory import Inventory, Listing
 from notebook_kernels_mixer.resources.backend_kernels import Model, is_model
@@ -62,7 +63,8 @@ def kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
 # -- handlers ----------------------------------------------------------------------------
 class SessionsHandlers:
     def __init__(self, inventory: Inventory, stores: dict[str, SessionStore],
-                 kernels: KernelsHandlers, default_spec: DefaultSpec) -> None:
+                 kernels: KernelsHandlers, default_spec: DefaultSpec, carries: Carries) -> None:
+        self.carries = carries
         self.inventory = inventory
         self.stores = stores
         self.kernels = kernels
@@ -157,6 +159,7 @@ class SessionsHandlers:
 
     async def delete(self, request: web.Request) -> web.Response:
         client_id = request.match_info["session_id"]
+        self.carries.cancel(client_id)  # a move under way then completes at once
         async with self._serialized(client_id):
             backend, backend_sid = await self.owner(client_id)
             async with self._gone_if_missing(client_id):
@@ -200,6 +203,7 @@ class SessionsHandlers:
         create = {f: v for f in _MODEL_FIELDS if (v := body.get(f, current.get(f))) is not None}
         create["kernel"] = kernel
         model = await self._create_exactly(new, create)
+        await self._carry(client_id, (old_backend, current), (new, model), kernel)
         translated = translate_session(model, new.name, client_id)
         try:
             await self.inventory.session_moved(client_id, old, new, model, translated)
@@ -217,6 +221,21 @@ class SessionsHandlers:
             self.inventory.kernel_gone(old_backend, old_kernel["id"])
         log.info("session %s moved from %r to %r", client_id, old_backend.name, new.name)
         return json_response(translated, backend=new.name)
+
+    async def _carry(self, client_id: str, old: tuple[Backend, Model], new: tuple[Backend, Model],
+                     asked: dict[str, Any] | None) -> None:
+        """With ``--carry-variables``, the old kernel's variables go into the new one
+        before the old one is shut down (SPEC §7). Only into a kernel this move has
+        just started by name: a kernel chosen by id, or one the backend already ran
+        for this path, has a user namespace of its own."""
+        old_kernel, new_kernel = old[1].get("kernel"), new[1].get("kernel")
+        if not self.carries.enabled or not is_model(old_kernel) or not is_model(new_kernel):
+            return
+        if not (asked or {}).get("name") or self.inventory.kernel_owner(new_kernel["id"]):
+            log.info("session %s: no carry into kernel %s, which was running before the move",
+                     client_id, new_kernel["id"])
+            return
+        await self.carries.run(client_id, old[0], old_kernel["id"], new[0], new_kernel["id"])
 
     async def _delete_copy(self, client_id: str, new: Backend, model: Model) -> None:
         """The session created on ``new`` for a move that could not be recorded is
