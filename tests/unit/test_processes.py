@@ -50,8 +50,8 @@ while True:
 
 # A child that starts a grandchild (argv[1]: "group" in its own process group, or
 # "session" in a session of its own, as jupyter_client starts kernels), writes its PID to
-# argv[2], says "ready" (or exits, with argv[3] "exit"), and on SIGTERM leaves it behind. The grandchild ignores SIGTERM
-# and writes "alive" to argv[2] + ".usr1" on SIGUSR1.
+# argv[2], says "ready" (or exits, with argv[3] "exit"), and on SIGTERM leaves it behind.
+# The grandchild ignores SIGTERM and writes "alive" to argv[2] + ".usr1" on SIGUSR1.
 GRANDPARENT = """
 import subprocess, sys, time
 grandchild = '''
@@ -132,6 +132,25 @@ def grandchild_of(tmp_path: Path) -> int:
     return int(pid_file.read_text())
 
 
+def signalled(processes: Children, tmp_path: Path) -> Process:
+    """A started SIGNALLED child (ready once its handlers are in place)."""
+    child = processes(SIGNALLED, str(tmp_path / "signals"))
+    child.ready = logged(child, "ready")
+    return child.start()
+
+
+def with_grandchild(
+    processes: Children, tmp_path: Path, where: str, reap_grace: float = 5.0
+) -> tuple[Process, int]:
+    """A started GRANDPARENT child (ready once its grandchild is) and the grandchild's PID."""
+    child = processes(GRANDPARENT, where, str(tmp_path / "grandchild.pid"), reap_grace=reap_grace)
+    child.ready = logged(child, "grandchild ready")
+    child.start()
+    grandchild = grandchild_of(tmp_path)
+    processes.others.append(grandchild)
+    return child, grandchild
+
+
 # -- start and readiness -------------------------------------------------------------------------
 def test_start_waits_for_the_probe_in_a_session_of_its_own_and_stop_ends_it(
     processes: Children, tmp_path: Path
@@ -139,6 +158,7 @@ def test_start_waits_for_the_probe_in_a_session_of_its_own_and_stop_ends_it(
     child = processes(SIGNALLED, str(tmp_path / "signals"))
     child.ready = logged(child, "ready")
     assert child.start() is child
+    assert "ready" in child.log_text().splitlines()
     assert child.running() and child.starts == 1
     assert child.pid is not None and os.getsid(child.pid) == child.pid  # leads its own session
     assert child.started_at == start_time(child.pid)
@@ -163,7 +183,7 @@ def test_wait_ready_stops_a_child_that_is_not_ready_in_time(processes: Children)
 
 
 def test_restart_starts_again_with_what_argv_and_env_now_say(processes: Children) -> None:
-    child = processes("import os; import time; print('value', os.environ['VALUE'], flush=True); time.sleep(600)")
+    child = processes("import os, time; print('value', os.environ['VALUE'], flush=True); time.sleep(600)")
     child.env["VALUE"] = "one"
     child.ready = logged(child, "value one")
     child.start()
@@ -191,9 +211,7 @@ def test_wait_exit_raises_when_the_child_still_runs(processes: Children) -> None
 def test_freeze_stops_the_process_and_thaw_continues_it(
     processes: Children, tmp_path: Path
 ) -> None:
-    child = processes(SIGNALLED, str(tmp_path / "signals"))
-    child.ready = logged(child, "ready")
-    child.start()
+    child = signalled(processes, tmp_path)
     assert child.pid is not None
     child.freeze()
     until(lambda: state(child.pid or 0) == "T", "stopped by SIGSTOP")
@@ -206,9 +224,7 @@ def test_freeze_stops_the_process_and_thaw_continues_it(
 def test_a_frozen_process_is_continued_so_that_stop_ends_it_cleanly(
     processes: Children, tmp_path: Path
 ) -> None:
-    child = processes(SIGNALLED, str(tmp_path / "signals"))
-    child.ready = logged(child, "ready")
-    child.start()
+    child = signalled(processes, tmp_path)
     child.freeze()
     until(lambda: state(child.pid or 0) == "T", "stopped by SIGSTOP")
     # a stopped process would keep its SIGTERM pending and be killed after the grace
@@ -226,11 +242,7 @@ def test_freeze_of_a_process_that_is_not_running_raises(processes: Children) -> 
 def test_stop_kills_a_grandchild_left_in_its_process_group(
     processes: Children, tmp_path: Path
 ) -> None:
-    child = processes(GRANDPARENT, "group", str(tmp_path / "grandchild.pid"))
-    child.ready = logged(child, "grandchild ready")
-    child.start()
-    grandchild = grandchild_of(tmp_path)
-    processes.others.append(grandchild)
+    child, grandchild = with_grandchild(processes, tmp_path, "group")
     assert os.getpgid(grandchild) == child.pid
     assert child.stop(timeout=WAIT) == -signal.SIGTERM
     until(lambda: not is_alive(grandchild), "the grandchild (SIGTERM ignored) gone")
@@ -262,11 +274,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_after_the_grace(processes: Chil
 def test_stop_kills_by_pid_a_descendant_left_in_another_session(
     processes: Children, tmp_path: Path
 ) -> None:
-    child = processes(GRANDPARENT, "session", str(tmp_path / "grandchild.pid"), reap_grace=0.2)
-    child.ready = logged(child, "grandchild ready")
-    child.start()
-    kernel = grandchild_of(tmp_path)
-    processes.others.append(kernel)
+    child, kernel = with_grandchild(processes, tmp_path, "session", reap_grace=0.2)
     assert os.getsid(kernel) == kernel  # outside the group: SIGKILL to the group misses it
     child.stop(timeout=WAIT)
     until(lambda: not is_alive(kernel), "the descendant of another session killed by PID")
@@ -275,11 +283,7 @@ def test_stop_kills_by_pid_a_descendant_left_in_another_session(
 def test_descendants_remembered_while_the_process_ran_are_killed_after_it_died(
     processes: Children, tmp_path: Path
 ) -> None:
-    child = processes(GRANDPARENT, "session", str(tmp_path / "grandchild.pid"), reap_grace=0.2)
-    child.ready = logged(child, "grandchild ready")
-    child.start()
-    kernel = grandchild_of(tmp_path)
-    processes.others.append(kernel)
+    child, kernel = with_grandchild(processes, tmp_path, "session", reap_grace=0.2)
     child.remember_descendants()
     assert child.pid is not None
     os.kill(child.pid, signal.SIGKILL)  # the server crashes; its kernel is no longer its descendant
@@ -294,11 +298,7 @@ def test_a_remembered_pid_whose_start_time_differs_is_not_signalled(
 ) -> None:
     """A PID remembered as a descendant but started at another time is another process
     that got the same PID: stop leaves it alone."""
-    child = processes(GRANDPARENT, "session", str(tmp_path / "grandchild.pid"), reap_grace=0.2)
-    child.ready = logged(child, "grandchild ready")
-    child.start()
-    other = grandchild_of(tmp_path)
-    processes.others.append(other)
+    child, other = with_grandchild(processes, tmp_path, "session", reap_grace=0.2)
     recorded = start_time(other)
     assert recorded is not None
     child.known_descendants[other] = recorded - 1  # as if this PID had been reused since
@@ -314,9 +314,7 @@ def test_the_group_is_not_signalled_once_its_pid_names_another_process(
     processes: Children, tmp_path: Path
 ) -> None:
     signals = tmp_path / "signals"
-    child = processes(SIGNALLED, str(signals))
-    child.ready = logged(child, "ready")
-    child.start()
+    child = signalled(processes, tmp_path)
     recorded = child.started_at
     assert recorded is not None
     child.started_at = recorded + 1  # as if the PID had been handed to a new process
