@@ -45,23 +45,37 @@ drops them and a cell run then never finishes); if that fails, the browser's soc
 kernelspecs once at start-up, so the front's first ``/api/kernelspecs`` answer names
 the gateway's default kernel: jupyter_server reads ``default_kernel_name`` before the
 listing that updates it, and JupyterLab warns "Default kernel not found" otherwise.
+
+**Kernel changes that keep the notebook's variables** (``--carry-variables``). A
+gateway-mode front keeps its sessions itself and changes a session's kernel as
+"start the new kernel, update the session, shut down the old one" (the sessions
+handler's ``patch``). :class:`CarryingSessionManager` — a session manager class, so
+it is configuration, not an extension hook: ``mixer lab`` starts its front with
+``--ServerApp.session_manager_class=notebook_kernels_mixer.jupyter.CarryingSessionManager``
+— asks the mixer to carry the state (``POST /mixer/api/carry``) in the middle step,
+while both kernels run. A mixer without ``--carry-variables`` answers at once that it
+carries nothing; whatever goes wrong, the change goes on as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 from typing import Any
 
 from jupyter_server.gateway.connections import GatewayWebSocketConnection
 from jupyter_server.gateway.gateway_client import GatewayClient
+from jupyter_server.gateway.managers import GatewaySessionManager
 from jupyter_server.services.kernels.connection.base import BaseKernelWebsocketConnection
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.escape import url_escape
-from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+from traitlets import Float, default
 
 #: Seconds the gateway websocket opened for a browser waits for the browser's handshake to
 #: complete; a handshake tornado refuses after ``prepare()`` (bad headers, origin) never
@@ -72,6 +86,11 @@ MAX_PENDING = 1000
 #: Close code sent to the browser when the gateway side of a kernel websocket ends:
 #: "internal error" makes JupyterLab reconnect (1000/1001 would leave it disconnected).
 UPSTREAM_CLOSED = 1011
+#: The mixer's endpoint that carries a kernel's state into another kernel.
+CARRY_ENDPOINT = "/mixer/api/carry"
+#: Seconds the front waits for a carry beyond the mixer's budget: the mixer answers
+#: within its budget (plus a little to hand the report over and close its sockets).
+CARRY_MARGIN = 30.0
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:
@@ -262,3 +281,151 @@ class GatewayPassthroughConnection(NoDelayConnection, BaseKernelWebsocketConnect
         self._closed = True
         if self.upstream is not None:
             self.upstream.close()
+
+
+class CarryingSessionManager(GatewaySessionManager):
+    """A gateway-mode session manager whose kernel changes carry the notebook's state.
+
+    The sessions handler changes a session's kernel by name as
+    ``start_kernel_for_session`` → ``update_session(kernel_id=new)`` →
+    ``shutdown_kernel(old)``. When ``update_session`` moves a session to the kernel
+    just started for it, it first asks the gateway — the mixer — to carry the old
+    kernel's user namespace into the new one (``POST /mixer/api/carry``, with
+    GatewayClient's own connection settings and headers), so the old kernel is shut
+    down only once the carry has finished or given up. A session moved to a kernel
+    that already ran (``{"kernel": {"id": ...}}``) keeps that kernel's own state.
+
+    The mixer decides whether anything is carried (``--carry-variables``) and bounds
+    the carry by its budget. Whatever happens here — an error answer, no answer within
+    :attr:`carry_timeout`, a gateway that is not a mixer — is logged and the change goes
+    on as without this class.
+    """
+
+    carry_timeout = Float(
+        config=True,
+        help="Seconds to wait for the gateway's answer to a carry (POST /mixer/api/carry), "
+        "instead of GatewayClient.request_timeout: the mixer's --carry-budget and a margin. "
+        "Default: the mixer's default budget (30 s) + 30 s.",
+    )
+
+    @default("carry_timeout")
+    def _default_carry_timeout(self) -> float:
+        from notebook_kernels_mixer.config import CARRY_BUDGET
+
+        return CARRY_BUDGET + CARRY_MARGIN
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        #: session id → the kernel last started for it and not yet in its row
+        self._started_for: dict[str, str] = {}
+
+    async def start_kernel_for_session(self, session_id: str, *args: Any, **kwargs: Any) -> str:
+        kernel_id: str = await super().start_kernel_for_session(session_id, *args, **kwargs)
+        self._started_for[session_id] = kernel_id
+        return kernel_id
+
+    async def save_session(self, session_id: str, *args: Any, **kwargs: Any) -> Any:
+        self._started_for.pop(session_id, None)  # a new session: nothing to carry
+        return await super().save_session(session_id, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    async def delete_session(self, session_id: str) -> None:
+        self._started_for.pop(session_id, None)
+        await super().delete_session(session_id)  # type: ignore[no-untyped-call]
+
+    async def update_session(self, session_id: str, **kwargs: Any) -> None:
+        new = kwargs.get("kernel_id")
+        started = self._started_for.pop(session_id, None)
+        old = self._kernel_of(session_id)
+        carried = new is not None and new == started and old is not None and old != new
+        if carried:
+            await self.carry_state(str(old), str(new))
+        try:
+            await super().update_session(session_id, **kwargs)  # type: ignore[no-untyped-call]
+        except web.HTTPError as exc:
+            if carried and exc.status_code == 404:
+                # the session went while its state was carried: its new kernel has no owner
+                self.log.info(
+                    "Session %s went during a kernel change; shutting down kernel %s", session_id, new
+                )
+                with contextlib.suppress(Exception):
+                    await self.kernel_manager.shutdown_kernel(new)
+            raise
+
+    def get_kernel_env(self, path: str | None, name: Any = None) -> dict[str, str]:
+        """Only what the session adds to the front's environment (``JPY_SESSION_NAME``).
+
+        In gateway mode the environment is no kernel's: ``GatewayKernelManager`` sends
+        the gateway only ``KERNEL_*`` and ``GatewayClient.allowed_envs`` variables of
+        the front's ``os.environ`` and of this, the same either way. But it logs all
+        it is given ("started kernel: …, args: …"), and the front's whole environment
+        holds its token and the gateway headers (``JUPYTER_TOKEN``,
+        ``JUPYTER_GATEWAY_HEADERS``)."""
+        env: dict[str, str] = super().get_kernel_env(path, name)
+        return {k: v for k, v in env.items() if os.environ.get(k) != v}
+
+    def _kernel_of(self, session_id: str) -> str | None:
+        """The kernel in the session's row now (None: no such session)."""
+        self.cursor.execute("SELECT kernel_id FROM session WHERE session_id=?", [session_id])
+        row = self.cursor.fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    async def carry_state(self, source_kernel: str, target_kernel: str) -> dict[str, Any] | None:
+        """Ask the gateway to carry ``source_kernel``'s state into ``target_kernel``;
+        its answer, or None when there was none to read. Never raises (but for
+        cancellation): the kernel change goes on whatever happens."""
+        client = GatewayClient.instance()
+        url = url_path_join(client.url or "", CARRY_ENDPOINT)
+        body = json.dumps({"source_kernel": source_kernel, "target_kernel": target_kernel})
+        try:
+            kwargs = client.load_connection_args(  # type: ignore[no-untyped-call]
+                method="POST", body=body, headers={"Content-Type": "application/json"}
+            )
+            # its own timeout: GatewayClient.request_timeout (42 s) is for quick calls
+            kwargs["request_timeout"] = self.carry_timeout
+            response = await AsyncHTTPClient().fetch(url, raise_error=False, **kwargs)
+        except Exception as exc:  # a timeout, a refused connection: the change goes on
+            self.log.warning(
+                "Kernel %s -> %s: no carry (%s: %s)", source_kernel, target_kernel, type(exc).__name__, exc
+            )
+            return None
+        answer = _json_object(response.body)
+        if response.code != 200 or answer is None:
+            message = (answer or {}).get("message") or (
+                "no JSON object" if answer is None else response.reason
+            )
+            self.log.warning(
+                "Kernel %s -> %s: no carry (the gateway answered %s: %s)",
+                source_kernel,
+                target_kernel,
+                response.code,
+                message,
+            )
+            return answer
+        self.log.info("Kernel %s -> %s: %s", source_kernel, target_kernel, describe_carry(answer))
+        return answer
+
+
+def _json_object(body: bytes | None) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body or b"")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def describe_carry(answer: dict[str, Any]) -> str:
+    """One line about the mixer's answer to a carry: counts, size, time, outcome —
+    never a value."""
+    if not answer.get("enabled"):
+        return "variables not carried (the mixer runs without --carry-variables)"
+    if not answer.get("carried"):
+        return f"variables not carried ({answer.get('reason') or 'no reason given'})"
+    report = answer.get("report")
+    if not isinstance(report, dict):
+        return "variables carried (no report)"
+    carried, skipped = report.get("carried") or [], report.get("skipped") or {}
+    line = (
+        f"variables carried: {report.get('outcome')}, {len(carried)} carried, "
+        f"{len(skipped)} skipped, {report.get('bytes')} bytes in {report.get('seconds')} s"
+    )
+    return line + (f"; {report['reason']}" if report.get("reason") else "")
