@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -34,7 +34,7 @@ def translate_kernel(model: Model, backend: str) -> Model:
 
 # -- handlers ----------------------------------------------------------------------------
 class KernelsHandlers:
-    def __init__(self, inventory: Inventory, relay: Relay, kernels: dict[str, BackendKernels],
+    def __init__(self, inventory: Inventory, relay: Relay, kernels: Mapping[str, BackendKernels],
                  default_spec: DefaultSpec) -> None:
         self.inventory = inventory
         self.relay = relay
