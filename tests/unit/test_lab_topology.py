@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from notebook_kernels_mixer.cli import config_from_argv
+from notebook_kernels_mixer.config import CARRY_BUDGET, MixerConfig
 from notebook_kernels_mixer.config_file import load_files
+from notebook_kernels_mixer.jupyter import CARRY_MARGIN
 from notebook_kernels_mixer.lab import command, topology
 
 
@@ -70,3 +73,62 @@ def test_the_browser_opens_unless_no_browser(tmp_path: Path, argv: tuple[str, ..
     plan = plan_for(tmp_path, *argv)
     assert plan.open_browser is opens
     assert "--browser" not in plan.front_args  # never handed on: JupyterLab does not know it
+
+
+def mixer_config_of(plan: topology.Plan) -> MixerConfig:
+    """The config the mixer child will run with: its command line and environment."""
+    child = topology.mixer(plan, topology.write_mixer_config(plan))
+    assert child.argv[1:3] == ["-m", "notebook_kernels_mixer"]
+    return config_from_argv(child.argv[3:], environ=child.env)
+
+
+def front_argv(plan: topology.Plan) -> list[str]:
+    return topology.front(plan)[0].argv
+
+
+def test_carrying_variables_is_off_unless_asked_and_the_banner_says_how(tmp_path: Path) -> None:
+    plan = plan_for(tmp_path, "--demo-remote")
+    assert not plan.carry.enabled and not mixer_config_of(plan).carry_variables
+    # the front asks anyway: a mixer that carries nothing answers so at once
+    argv = front_argv(plan)
+    assert topology.SESSION_MANAGER_FLAG in argv
+    assert f"--CarryingSessionManager.carry_timeout={CARRY_BUDGET + CARRY_MARGIN!r}" in argv
+    text = command.banner(plan, topology.FrontInfo(plan, topology.front(plan)[0]))
+    assert "Change Kernel starts an empty kernel; --carry-variables carries" in text
+
+
+def test_carry_variables_reaches_the_mixer_and_the_front_waits_beyond_its_budget(tmp_path: Path) -> None:
+    plan = plan_for(
+        tmp_path, "--demo-remote", "--carry-variables", "--carry-budget=1m30s", "--carry-cap=1000"
+    )
+    config = mixer_config_of(plan)
+    assert config.carry_variables and config.carry_budget == 90.0 and config.carry_cap == 1000
+    argv = front_argv(plan)
+    timeout = f"--CarryingSessionManager.carry_timeout={90.0 + CARRY_MARGIN!r}"
+    assert timeout in argv
+    # the user's own front arguments come later, and so win
+    later = plan_for(tmp_path, "--carry-variables", "--", "--CarryingSessionManager.carry_timeout=500")
+    assert front_argv(later)[-1] == "--CarryingSessionManager.carry_timeout=500"
+    text = command.banner(plan, topology.FrontInfo(plan, topology.front(plan)[0]))
+    assert "Change Kernel carries the notebook's variables (up to 90 s)" in text
+    assert "remote machines included" in text
+
+
+def test_carry_settings_of_the_users_files_count_for_the_banner_and_the_front(tmp_path: Path) -> None:
+    user = tmp_path / "user.toml"
+    user.write_text('[mixer]\ncarry_variables = true\ncarry_budget = "2m"\n')
+    args, front_args = command.parse([f"--log-dir={tmp_path}", "--demo-remote", f"--config={user}"])
+    plan = topology.make_plan(args, front_args, command.remote_names(args))
+    assert plan.carry.enabled and plan.carry.budget == 120.0 and plan.carry.mixer_flags == ()
+    config = mixer_config_of(plan)  # the mixer reads the same file
+    assert config.carry_variables and config.carry_budget == 120.0
+    assert f"--CarryingSessionManager.carry_timeout={120.0 + CARRY_MARGIN!r}" in front_argv(plan)
+    # lab's flag wins over the file, as the mixer's does
+    args, front_args = command.parse([f"--log-dir={tmp_path}", f"--config={user}", "--carry-budget=5"])
+    assert topology.make_plan(args, front_args, ()).carry.budget == 5.0
+
+
+def test_a_bad_carry_budget_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        command.parse(["--carry-budget=soon"])
+    assert "invalid duration 'soon'" in capsys.readouterr().err

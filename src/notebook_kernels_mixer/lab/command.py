@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from notebook_kernels_mixer.config import ConfigError
+from notebook_kernels_mixer.config import ConfigError, parse_duration
 from notebook_kernels_mixer.lab import topology
 from notebook_kernels_mixer.lab.supervisor import LabError, Supervisor
 from notebook_kernels_mixer.processes import LOOPBACK
@@ -56,8 +56,41 @@ def lab_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixer-region", help="GCP region of the remote backend")
     p.add_argument("--mixer-host", help="parent host of the remote (kernels.googleusercontent.com)")
     p.add_argument("--gce-metadata-override-ip", help="metadata server for Google credentials")
+    _carry_options(p)
     _process_options(p)
     return p
+
+
+def _carry_options(p: argparse.ArgumentParser) -> None:
+    """Switching keeps your variables: off unless asked (values leave this machine)."""
+    p.add_argument(
+        "--carry-variables",
+        action="store_true",
+        help="when a notebook changes kernel to another backend (Kernel > Change Kernel...), "
+        "carry its Python variables into the new kernel. Off by default: their values then "
+        "travel to that backend, a remote machine included",
+    )
+    p.add_argument(
+        "--carry-budget",
+        type=_duration,
+        default=None,
+        metavar="DURATION",
+        help="longest a carry may hold up a kernel change (default 30s), as for mixer",
+    )
+    p.add_argument(
+        "--carry-cap",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="most serialized bytes one carry moves (default 1 GiB), as for mixer",
+    )
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _process_options(p: argparse.ArgumentParser) -> None:
@@ -158,6 +191,16 @@ def banner(plan: topology.Plan, info: topology.FrontInfo) -> str:
         lines.append(
             "  no remote backend: add one with --config FILE (see examples/mixer.toml), "
             "--remote-url URL or --mixer-project/--mixer-region, or try --demo-remote"
+        )
+    if plan.carry.enabled:
+        lines.append(
+            f"  Change Kernel carries the notebook's variables (up to {plan.carry.budget:g} s): "
+            "their values go to the new kernel's backend, remote machines included"
+        )
+    else:
+        lines.append(
+            "  Change Kernel starts an empty kernel; --carry-variables carries the notebook's "
+            "variables along (their values then go to the new kernel's backend)"
         )
     return "\n".join([*lines, "  Ctrl-C stops everything.", ""])
 

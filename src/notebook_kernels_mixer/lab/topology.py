@@ -10,7 +10,10 @@
    with the headers of SPEC §1.
 
 Every Jupyter server it starts loads :mod:`notebook_kernels_mixer.jupyter` (TCP_NODELAY
-on kernel websockets; in the front, kernel websockets in the browser's protocol).
+on kernel websockets; in the front, kernel websockets in the browser's protocol), and
+the front's session manager is that module's ``CarryingSessionManager``: "Change
+Kernel…" asks the mixer to carry the notebook's variables, which it does only with
+``--carry-variables`` (off unless asked: values leave the machine).
 Everything is decided up front in a frozen :class:`Plan` (ports, tokens, names); the
 children are built from it. The front starts beside the backends (it needs the mixer
 only when asked for kernels), the mixer once the backends answer; the front is ready
@@ -50,6 +53,11 @@ DEMO_TOKEN_ENV = "MIXER_LAB_DEMO_TOKEN"
 WHERE_ENV = "MIXER_LAB_BACKEND"
 #: Loads this package's jupyter_server extension (traitlets' key=value form of a Dict).
 EXTENSION_FLAG = "--ServerApp.jpserver_extensions=notebook_kernels_mixer.jupyter=True"
+#: The front's session manager: its kernel changes ask the mixer to carry the state
+#: (a mixer without --carry-variables answers at once that it carries nothing).
+SESSION_MANAGER_FLAG = (
+    "--ServerApp.session_manager_class=notebook_kernels_mixer.jupyter.CarryingSessionManager"
+)
 #: The backends serve the mixer's kernel APIs only (the front serves the UI, contents and
 #: terminals): the environment's UI extensions stay off there, ~0.4 s CPU less each.
 BACKEND_WITHOUT = tuple(
@@ -76,6 +84,22 @@ class Server:
 
 
 @dataclass(frozen=True)
+class Carry:
+    """Switching keeps your variables, as the mixer will run it."""
+
+    enabled: bool  # --carry-variables, or [mixer] carry_variables in the user's files
+    budget: float  # seconds: the flag, else the user's files, else the mixer's default
+    mixer_flags: tuple[str, ...]  # the user's carry flags, handed on to the mixer
+
+    @property
+    def front_timeout(self) -> float:
+        """How long the front waits for the mixer's answer to a carry."""
+        from notebook_kernels_mixer.jupyter import CARRY_MARGIN
+
+        return self.budget + CARRY_MARGIN
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything ``mixer lab`` will start, decided before anything is."""
 
@@ -92,6 +116,7 @@ class Plan:
     log_level: str
     front_args: tuple[str, ...]  # the user's arguments for JupyterLab, last on its line
     open_browser: bool
+    carry: Carry
 
     @property
     def local(self) -> Server:
@@ -131,7 +156,28 @@ def make_plan(args: Any, front_args: list[str], remote_names: tuple[str, ...]) -
         front_args=tuple(front_args),
         # jupyter lab's own ways to say so, handed on to the front, count too
         open_browser=not (args.no_browser or _NO_BROWSER & set(front_args)),
+        carry=carry_settings(args),
     )
+
+
+def carry_settings(args: Any) -> Carry:
+    """Whether and how the mixer will carry variables: lab's flags (handed on to the
+    mixer, where they win over the files), else the ``[mixer]`` settings of the user's
+    ``--config`` files (the mixer reads those too), else the mixer's defaults."""
+    from notebook_kernels_mixer.config import CARRY_BUDGET
+    from notebook_kernels_mixer.config_file import load_files
+
+    files = load_files(args.config) if args.config else None
+    flags = ["--carry-variables"] if args.carry_variables else []
+    budget = args.carry_budget
+    if budget is not None:
+        flags.append(f"--carry-budget={budget!r}")
+    elif files is not None and files.carry_budget is not None:
+        budget = files.carry_budget
+    if args.carry_cap is not None:
+        flags.append(f"--carry-cap={args.carry_cap}")
+    enabled = bool(args.carry_variables or (files is not None and files.carry_variables))
+    return Carry(enabled, CARRY_BUDGET if budget is None else float(budget), tuple(flags))
 
 
 # -- the mixer's config --------------------------------------------------------------------------
@@ -196,7 +242,7 @@ def mixer(plan: Plan, config: Path) -> Child:
         PYTHON, "-m", "notebook_kernels_mixer", f"--port={plan.mixer_port}",
         # the launcher's file last: its [mixer] token wins over the user's
         *(f"--config={c}" for c in plan.user_configs), f"--config={config}",
-        *plan.seed_flags, f"--log-level={plan.log_level}",
+        *plan.seed_flags, *plan.carry.mixer_flags, f"--log-level={plan.log_level}",
     ]  # fmt: skip
     url = f"http://{LOOPBACK}:{plan.mixer_port}/mixer/api/status"
     headers = {"token": plan.local.token}
@@ -210,7 +256,8 @@ def front(plan: Plan) -> tuple[Child, FrontInfo]:
         plan.front_port, env=base_env(), app="jupyterlab", token=plan.front_token, ip=LOOPBACK,
         gateway_url=f"http://{LOOPBACK}:{plan.mixer_port}/",
         gateway=gateway_headers(plan.local.token, plan.xsrf),
-        extra_args=[EXTENSION_FLAG, *plan.front_args],
+        extra_args=[EXTENSION_FLAG, SESSION_MANAGER_FLAG,
+                    f"--CarryingSessionManager.carry_timeout={plan.carry.front_timeout!r}", *plan.front_args],
     )  # fmt: skip
     child = Child("front JupyterLab", argv, env, plan.run_dir / "front.log", plan.cwd,
                   ready=lambda: info.ready(), stop_first=True)  # fmt: skip
