@@ -13,10 +13,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .helpers import run, wait_kernel_gone, where
+from .helpers import channels_path, run, wait_kernel_gone, where
 from .support import topology
 from .support.api import ApiClient
 from .support.fake_gcloud import FakeGcloud
+from .support.kernel_client import KernelConnection
 from .support.stack import Tokens
 from .support.topology import JupyterServer, Mixer
 
@@ -118,3 +119,40 @@ async def test_without_the_flag_a_switch_starts_an_empty_kernel(
     status = await mixer_api.ok_json("GET", "/mixer/api/status")
     assert status["carries"]["enabled"] is False and status["carries"]["carries"] == 0
     await mixer_api.delete(f"/api/sessions/{session['id']}")
+
+
+@pytest.fixture(scope="module")
+def hurried_mixer(e2e_dir: Path, local_server: JupyterServer, remote_server: JupyterServer,
+                  tokens: Tokens, gcloud: FakeGcloud) -> Iterator[Mixer]:
+    mixer = topology.mixer(e2e_dir, local=local_server, remote=remote_server, token=tokens.jupyter,
+                           gcloud=gcloud, name="hurried-mixer",
+                           extra_args=["--carry-variables", "--carry-budget=5s"])
+    mixer.start()
+    try:
+        yield mixer
+    finally:
+        mixer.stop()
+
+
+async def test_a_busy_kernel_does_not_hold_the_switch_past_the_budget(
+    http: aiohttp.ClientSession, hurried_mixer: Mixer, tokens: Tokens, local_api: ApiClient,
+) -> None:
+    """The old kernel is busy in ``time.sleep(600)``: the switch completes once the
+    5 s budget is spent, on the new kernel, and the report says why nothing came."""
+    api = ApiClient(http, hurried_mixer.url, auth=hurried_mixer.auth, xsrf=tokens.xsrf,
+                    name="hurried mixer")
+    session = await api.ok_json("POST", "/api/sessions", {
+        "path": "busy.ipynb", "type": "notebook", "kernel": {"name": "local-python3"}},
+        expect=(201,))
+    old = session["kernel"]["id"]
+    conn = await KernelConnection.open(http, api.ws_url(channels_path(old)), headers=api.auth())
+    async with conn:
+        await conn.send_execute("x = 1; import time; time.sleep(600)")
+        moved = await _switch(api, session["id"], "remote-python3")
+    assert await where(http, api, moved["kernel"]["id"]) == "remote"
+    status = await api.ok_json("GET", "/mixer/api/status")
+    (report,) = [r for r in status["carries"]["recent"] if r["session"] == session["id"]]
+    assert report["outcome"] == "failed" and "busy" in report["reason"], report
+    assert report["seconds"] < 5 + 15  # the budget, plus the report and closing handshakes
+    await wait_kernel_gone(local_api, old)
+    await api.delete(f"/api/sessions/{session['id']}")
