@@ -290,9 +290,14 @@ def render(results: dict, meta: dict) -> tuple[str, list[dict]]:
         render_rest(report, results["rest"])
     if results.get("front"):
         render_front(report, results["front"])
+    if results.get("switch"):
+        from bench.switch import render_switch
+
+        render_switch(report, results["switch"])
     if meta.get("instances"):
         render_instances(report, meta["instances"])
     noise_warning(report, results)
     if report.targets:
-        report.add(report.targets_table("\nTargets (issues 3 and 12)"))
+        issues = "issues 3, 12 and 18" if results.get("switch") else "issues 3 and 12"
+        report.add(report.targets_table(f"\nTargets ({issues})"))
     return "\n".join(report.lines), report.targets

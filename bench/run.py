@@ -49,7 +49,7 @@ elif ROOT not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from bench import front, scenarios, scenarios_rest  # noqa: E402
+from bench import front, scenarios, scenarios_rest, switch  # noqa: E402
 from bench.driver import Bench  # noqa: E402
 from bench.procs import system_cpu  # noqa: E402
 from bench.render import render  # noqa: E402
@@ -60,7 +60,9 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[dict]]] = {
     "kernel": scenarios.section_kernel,
     "rest": scenarios_rest.section_rest,
     "front": front.section_front,
+    "switch": switch.section_switch,  # issue 18; only when asked (--sections switch)
 }
+DEFAULT_SECTIONS = "ws,kernel,rest,front"
 
 
 async def run_sections(bench: Bench) -> dict:
@@ -165,7 +167,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="mixer command line to benchmark (repeatable; 'default' = this package)",
     )
     parser.add_argument("--direct-only", action="store_true", help="no mixer: check the harness")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
+    parser.add_argument("--sections", default=DEFAULT_SECTIONS,
+                        help=f"subset of {','.join(SECTIONS)} (default {DEFAULT_SECTIONS})")
+    parser.add_argument("--kernel-pythonpath", metavar="DIR",
+                        help="PYTHONPATH of the switch section's kernels (e.g. a folder with numpy)")
     parser.add_argument("--out-dir", help="logs and results (default bench/results/<time>)")
     parser.add_argument("--no-uvloop", action="store_true")
     parser.add_argument(
