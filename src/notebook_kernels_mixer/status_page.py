@@ -80,8 +80,9 @@ def render_orphans(backends: list[dict[str, Any]]) -> str:
     for b in backends:
         ids = [o["id"] for o in b.get("orphans") or []]
         if ids:
-            every.append(_button(b["name"], ids, f"all {len(ids)} orphan kernels",
-                                 f"Shut down all {len(ids)} orphans of {b['name']}"))
+            plural = "s" if len(ids) != 1 else ""
+            every.append(_button(b["name"], ids, f"the {len(ids)} orphan kernel{plural}",
+                                 f"Shut down the {len(ids)} orphan{plural} of {b['name']}"))
     return ("<h2>Orphan kernels</h2><p>Running, with no session and no client connected "
             "(e.g. left behind by a crashed client):</p><table><tr><th>backend</th><th>kernel</th>"
             "<th>spec</th><th>state</th><th>seen for</th><th>last activity</th><th></th></tr>"
