@@ -116,11 +116,17 @@ def rows(status: dict[str, Any]) -> list[list[str]]:
             str(b.get("url")),
             "yes" if b.get("reachable") else "NO",
             "–" if b.get("kernels") is None else str(b["kernels"]),
+            _hours(b.get("kernel_hours")),
             _stale(b.get("stale_since")),
             _ms(b.get("last_latency_ms")),
             cred_text,
         ])
     return out
+
+
+def _hours(value: Any) -> str:
+    """Kernel-hours since the mixer started (a mixer without them: "?")."""
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "?"
 
 
 def _stale(since: Any) -> str:
@@ -148,8 +154,8 @@ def orphan_lines(status: dict[str, Any]) -> list[str]:
 
 
 def render(status: dict[str, Any], url: str) -> str:
-    header = ["BACKEND", "ROLE", "URL", "REACHABLE", "KERNELS", "LAST-KNOWN", "LATENCY",
-              "CREDENTIALS"]
+    header = ["BACKEND", "ROLE", "URL", "REACHABLE", "KERNELS", "KERNEL-HOURS", "LAST-KNOWN",
+              "LATENCY", "CREDENTIALS"]
     table = [header, *rows(status)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [

@@ -107,3 +107,18 @@ async def test_mixer_kernels_is_mixer_status_kernels(fakes, mixer) -> None:
 
     assert await asyncio.to_thread(call) == 0
     assert out.getvalue().startswith("BACKEND") and used in out.getvalue()
+
+
+async def test_the_status_table_shows_kernels_and_kernel_hours_per_backend(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    status, k = await m.call("POST", "/api/kernels", json={"name": "remote-python3"})
+    await asyncio.sleep(0.2)
+    code, out, err = await run(m)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(line.split() for line in lines if line.startswith("BACKEND"))
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("local", "remote"))}
+    column = header.index("KERNEL-HOURS")
+    assert header[column - 1] == "KERNELS"
+    assert rows["remote"][column - 1] == "1" and rows["local"][column - 1] == "0"
+    assert rows["remote"][column] == "0.00" and rows["local"][column] == "0.00"
