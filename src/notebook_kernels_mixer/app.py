@@ -64,7 +64,9 @@ async def build_app(config: MixerConfig) -> web.Application:
                           state=state, retention=config.retention, window=config.listing_window)
     relay = Relay(external_hostname=config.external_hostname, local_backend=config.local_backend)
     cache = KernelspecsCache(config.kernelspecs_ttl)
-    metrics = Metrics(inventory, relay)
+    carries = Carries(enabled=config.carry_variables, budget=config.carry_budget,
+                      cap=config.carry_cap)
+    metrics = Metrics(inventory, relay, carries)
     backend_kernels = {
         b.name: MeasuredKernels(b, known=functools.partial(inventory.kernels_of, b), metrics=metrics)
         for b in backends
@@ -73,8 +75,6 @@ async def build_app(config: MixerConfig) -> web.Application:
     stores = {name: session_store(k, kept) for name, k in backend_kernels.items()}
     specs = KernelspecsHandlers(inventory, cache)
     kernels = KernelsHandlers(inventory, relay, backend_kernels, specs.default_spec)
-    carries = Carries(enabled=config.carry_variables, budget=config.carry_budget,
-                      cap=config.carry_cap)
     sessions = SessionsHandlers(inventory, stores, kernels, specs.default_spec, carries)
     culler = Culler(inventory, kernels, relay, metrics,
                     {b.name: CullPolicy.of(b) for b in config.backends})

@@ -19,7 +19,7 @@ series with the server's). The endpoint is protected like every other request
   whoever asked (clients, status, culling);
 * ``mixer_backend_up``: whether the backend counts as reachable;
 * ``mixer_carries_total``, ``mixer_carry_bytes_total``, ``mixer_carry_seconds_total``:
-  variable carries (``carried`` is the hook the carry calls).
+  variable carries between kernels (``carry.service.Carries``' running totals).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -43,6 +43,14 @@ from notebook_kernels_mixer.resources.kernels import KernelsHandlers
 
 #: Kernel listings take milliseconds on a local server, seconds on a slow cloud.
 LISTING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CarryTotals(Protocol):
+    """What the metrics read of the carries (``carry.service.Carries``)."""
+
+    count: int
+    bytes: int
+    seconds: float
 
 
 class KernelClock:
@@ -120,9 +128,11 @@ class Metrics:
     """The registry of one mixer, the counters its parts bump, and the live values
     read at each scrape."""
 
-    def __init__(self, inventory: Inventory, relay: Relay) -> None:
+    def __init__(self, inventory: Inventory, relay: Relay,
+                 carries: CarryTotals | None = None) -> None:
         self.inventory = inventory
         self.relay = relay
+        self.carries = carries
         self.clock = KernelClock(inventory)
         self.registry = CollectorRegistry(auto_describe=True)
         names = list(inventory.names)
@@ -139,12 +149,6 @@ class Metrics:
             "mixer_kernel_listing_failures",
             "Kernel listings a backend failed (error, broken answer or timeout)",
             ["backend"], registry=reg)
-        self.carries = Counter("mixer_carries", "Variable carries between kernels, by outcome",
-                               ["outcome"], registry=reg)
-        self.carry_bytes = Counter("mixer_carry_bytes", "Bytes of variables carried",
-                                   registry=reg)
-        self.carry_seconds = Counter("mixer_carry_seconds", "Time spent carrying variables",
-                                     registry=reg)
         for name in names:  # every series present from the start, at 0
             for family in (self.culls, self.orphans, self.listing_seconds, self.listing_failures):
                 family.labels(name)
@@ -163,12 +167,6 @@ class Metrics:
 
     def listing_failed(self, backend: str) -> None:
         self.listing_failures.labels(backend).inc()
-
-    def carried(self, *, ok: bool, nbytes: int, seconds: float) -> None:
-        """A carry ended (the carry engine calls this once per carry)."""
-        self.carries.labels("ok" if ok else "failed").inc()
-        self.carry_bytes.inc(max(nbytes, 0))
-        self.carry_seconds.inc(max(seconds, 0.0))
 
     # -- the scrape ------------------------------------------------------------------------
     def listed(self, counts: Mapping[str, int]) -> None:
@@ -210,6 +208,13 @@ class _Live(Collector):
         for name, backend in m.inventory.backends.items():
             up.add_metric([name], 1 if backend.health.up else 0)
         yield up
+        if m.carries is not None:
+            yield CounterMetricFamily("mixer_carries", "Variable carries between kernels",
+                                      value=m.carries.count)
+            yield CounterMetricFamily("mixer_carry_bytes", "Bytes of variables carried",
+                                      value=m.carries.bytes)
+            yield CounterMetricFamily("mixer_carry_seconds", "Time spent carrying variables",
+                                      value=round(m.carries.seconds, 3))
 
     def describe(self) -> Iterable[Metric]:
         return []  # live values: nothing to check against at registration

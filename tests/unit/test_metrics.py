@@ -10,8 +10,8 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from notebook_kernels_mixer.app import CULLER
-from notebook_kernels_mixer.metrics import KernelClock
+from notebook_kernels_mixer.app import CULLER, INVENTORY, RELAY
+from notebook_kernels_mixer.metrics import KernelClock, Metrics
 from tests.unit.conftest import TOKEN, Mixer
 from tests.unit.conftest import two_backends as two
 
@@ -72,7 +72,7 @@ async def test_metrics_follow_a_known_sequence_of_creates_culls_and_deletes(fake
     assert after[("mixer_kernel_listing_seconds_count", "remote")] >= 4  # scrapes and checks
     assert after[("mixer_kernel_listing_failures_total", "remote")] == 0
     assert after[("mixer_backend_up", "remote")] == 1
-    assert ("mixer_carries_total", "ok") not in after  # no carry yet: the series has no sample
+    assert after[("mixer_carries_total", "")] == 0  # no carry
 
 
 async def test_failed_listings_are_counted_per_backend(fakes, mixer) -> None:
@@ -159,3 +159,23 @@ def test_kernel_seconds_are_lifetimes_seen_since_the_mixer_started() -> None:
     clock.ended("brief", "remote")  # born and shut down between two looks: counted too
     del known.owners["brief"], known.first_seen["brief"]
     assert clock.seconds()["remote"] == 28.0
+
+
+@dataclass
+class Carried:
+    count: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+async def test_carries_are_counted_from_the_carries_totals(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    carried = Carried()
+    metrics = Metrics(m.app[INVENTORY], m.app[RELAY], carried)
+    carried.count, carried.bytes, carried.seconds = 2, 1_000_000, 1.5
+    body, content_type = metrics.exposition("")
+    samples = {s.name: s.value for f in text_string_to_metric_families(body.decode())
+               for s in f.samples}
+    assert samples["mixer_carries_total"] == 2
+    assert samples["mixer_carry_bytes_total"] == 1_000_000
+    assert samples["mixer_carry_seconds_total"] == 1.5
