@@ -190,3 +190,18 @@ async def test_a_kernel_id_on_two_backends_belongs_to_its_creator(fakes, mixer, 
     assert status == 409 and "already in use" in err["message"]
     status, _ = await m.call("DELETE", f"/api/kernels/{k['id']}")
     assert status == 204 and k["id"] not in remote.kernels and k["id"] in local.kernels
+
+
+async def test_kernels_known_from_the_state_file_are_confirmed_by_a_listing(state) -> None:
+    """After a restart the state file says who owns a kernel; a listing that has it
+    confirms it (not pruned by a later listing that began before) and starts its age."""
+    state.put_kernel("k", "remote")
+    inv = inventory(state)
+    remote = inv.backends["remote"]
+    began = time.monotonic()
+    assert inv.kernels_listed(remote, ["k"], started=began) == {"k"}
+    assert "k" in inv.first_seen
+    inv.kernels_listed(remote, [], started=began)  # an older listing without it
+    assert inv.kernel_owner("k") is remote
+    inv.kernels_listed(remote, [], started=time.monotonic())
+    assert inv.kernel_owner("k") is None and "k" not in inv.first_seen

@@ -125,7 +125,7 @@ class Inventory:
         Returns the ids it owns (another backend keeps an id they share)."""
         ids = list(ids)
         self.owners.prune(backend.name, started=started, kernels=ids)
-        return {k for k in ids if self.owners.listed_kernel(k, backend.name)}
+        return self.owners.listed_kernels(ids, backend.name)
 
     # -- session events --------------------------------------------------------------------
     def session_seen(self, backend: Backend, client_sid: str, model: Model) -> None:

@@ -63,6 +63,23 @@ class Ownership:
         self._set_kernel(kernel_id, backend)
         return True
 
+    def listed_kernels(self, ids: Iterable[str], backend: str) -> set[str]:
+        """``listed_kernel`` for a whole listing: the ids ``backend`` owns. A kernel it
+        is already known to own only has its confirmation time renewed, so a listing
+        of N known kernels writes nothing to the state (issue 20: the bookkeeping was
+        most of the mixer's per-kernel cost of a listing)."""
+        now, wall = time.monotonic(), time.time()
+        known = self.state.kernels
+        owned = set()
+        for kernel_id in ids:
+            if known.get(kernel_id) == backend:
+                self._touched[kernel_id] = now
+                self.first_seen.setdefault(kernel_id, wall)  # known from the state file
+                owned.add(kernel_id)
+            elif self.listed_kernel(kernel_id, backend):
+                owned.add(kernel_id)
+        return owned
+
     def _winner(self, kernel_id: str, owner: str, other: str) -> str:
         if kernel_id in self._created:
             return owner
