@@ -42,17 +42,28 @@ print(answer, nested == {"a": [1, 2.5, ("x", None)], "b": {"c": {1, 2}}}, len(bl
 """
 
 
-@pytest.fixture(scope="module")
-def carrying_mixer(e2e_dir: Path, local_server: JupyterServer, remote_server: JupyterServer,
-                   tokens: Tokens, gcloud: FakeGcloud) -> Iterator[Mixer]:
-    mixer = topology.mixer(e2e_dir, local=local_server, remote=remote_server, token=tokens.jupyter,
-                           gcloud=gcloud, name="carrying-mixer",
-                           extra_args=["--carry-variables", "--carry-budget=40s"])
+def _carrying_mixer(workdir: Path, stack: tuple[JupyterServer, JupyterServer, Tokens, FakeGcloud],
+                    name: str, budget: str) -> Iterator[Mixer]:
+    local, remote, tokens, gcloud = stack
+    mixer = topology.mixer(workdir, local=local, remote=remote, token=tokens.jupyter,
+                           gcloud=gcloud, name=name,
+                           extra_args=["--carry-variables", f"--carry-budget={budget}"])
     mixer.start()
     try:
         yield mixer
     finally:
         mixer.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(local_server: JupyterServer, remote_server: JupyterServer, tokens: Tokens,
+          gcloud: FakeGcloud) -> tuple[JupyterServer, JupyterServer, Tokens, FakeGcloud]:
+    return local_server, remote_server, tokens, gcloud
+
+
+@pytest.fixture(scope="module")
+def carrying_mixer(e2e_dir: Path, stack) -> Iterator[Mixer]:
+    yield from _carrying_mixer(e2e_dir, stack, "carrying-mixer", "40s")
 
 
 @pytest.fixture
@@ -122,16 +133,8 @@ async def test_without_the_flag_a_switch_starts_an_empty_kernel(
 
 
 @pytest.fixture(scope="module")
-def hurried_mixer(e2e_dir: Path, local_server: JupyterServer, remote_server: JupyterServer,
-                  tokens: Tokens, gcloud: FakeGcloud) -> Iterator[Mixer]:
-    mixer = topology.mixer(e2e_dir, local=local_server, remote=remote_server, token=tokens.jupyter,
-                           gcloud=gcloud, name="hurried-mixer",
-                           extra_args=["--carry-variables", "--carry-budget=5s"])
-    mixer.start()
-    try:
-        yield mixer
-    finally:
-        mixer.stop()
+def hurried_mixer(e2e_dir: Path, stack) -> Iterator[Mixer]:
+    yield from _carrying_mixer(e2e_dir, stack, "hurried-mixer", "5s")
 
 
 async def test_a_busy_kernel_does_not_hold_the_switch_past_the_budget(

@@ -16,6 +16,7 @@ from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.errors import BackendError, BadRequest, Conflict, NotFound
 from notebook_kernels_mixer.inventory import Inventory, Listing
 from notebook_kernels_mixer.relay import Relay
+from notebook_kernels_mixer.relay.relay import channels_path
 from notebook_kernels_mixer.resources.backend_kernels import BackendKernels, Model
 from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
 from notebook_kernels_mixer.resources.fanout import merged
@@ -137,7 +138,7 @@ class KernelsHandlers:
 
     async def channels(self, request: web.Request) -> web.StreamResponse:
         kernel_id = request.match_info["kernel_id"]
-        quoted = checked_id(kernel_id, "kernel")
+        checked_id(kernel_id, "kernel")
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise BadRequest("this endpoint takes a websocket upgrade")
         try:
@@ -147,7 +148,8 @@ class KernelsHandlers:
             # the kernel dead (SPEC §4).
             return await self.relay.refuse(request, exc)
         try:
-            return await self.relay.run(request, backend, f"/api/kernels/{quoted}/channels")
+            # one spelling of the path, so the relay knows which kernel a socket serves
+            return await self.relay.run(request, backend, channels_path(kernel_id))
         except NotFound:
             self.inventory.kernel_gone(backend, kernel_id)
             raise
