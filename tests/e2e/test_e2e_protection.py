@@ -83,6 +83,12 @@ async def test_token_authenticated_unsafe_methods_need_no_xsrf(
          "'path' must be a string"),
         ("POST", "/api/sessions", b'{"path": "a", "kernel": {"name": "nope-python3"}}', 400,
          "unknown kernelspec"),
+        # jupyter_server would start the kernel, then answer 500 ("not a valid path")
+        ("POST", "/api/sessions", b'{"path": "a\\u0000.ipynb", "kernel": {"name": "remote-python3"}}',
+         400, "NUL character"),
+        ("POST", "/api/sessions", b'{"path": "a\\u0000.ipynb", "kernel": {"name": "local-python3"}}',
+         400, "NUL character"),
+        ("POST", "/api/kernels", b'{"name": "remote-python3", "path": "a\\u0000"}', 400, "NUL character"),
         ("GET", "/api/kernelspecs/python3", None, 400, "unknown kernelspec"),
         ("GET", "/api/kernels/0b5e6c1e-0000-4000-8000-000000000000", None, 404, "not found"),
         ("DELETE", "/api/kernels/0b5e6c1e-0000-4000-8000-000000000000", None, 404, "not found"),

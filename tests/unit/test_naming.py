@@ -3,6 +3,7 @@ import pytest
 from notebook_kernels_mixer.errors import BadRequest
 from notebook_kernels_mixer.resources.naming import (
     checked_id,
+    checked_path,
     checked_resource_path,
     checked_text,
     prefixed,
@@ -73,3 +74,14 @@ def test_checked_text_refuses_what_the_state_cannot_keep(value: object) -> None:
 def test_checked_text_accepts_unicode_paths() -> None:
     checked_text("données/ノート 😀.ipynb", "session path")
     checked_text("a" * 4096, "session path")
+
+
+@pytest.mark.parametrize("value", ["a\x00.ipynb", "\x00", "\udcff.ipynb", 3])
+def test_checked_path_refuses_nul_and_what_the_state_cannot_keep(value: object) -> None:
+    with pytest.raises(BadRequest) as refused:
+        checked_path(value, "session path")
+    assert "session path" in refused.value.message
+
+
+def test_checked_path_accepts_control_characters_a_file_system_allows() -> None:
+    checked_path("a\x0cb\tc 😀.ipynb", "session path")

@@ -20,7 +20,7 @@ from notebook_kernels_mixer.relay.relay import channels_path
 from notebook_kernels_mixer.resources.backend_kernels import BackendKernels, Model
 from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
 from notebook_kernels_mixer.resources.fanout import merged
-from notebook_kernels_mixer.resources.naming import checked_id, prefixed
+from notebook_kernels_mixer.resources.naming import checked_id, checked_path, prefixed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class KernelsHandlers:
         body = await read_json_object(request)
         name = field(body, "name", str, "a string")
         env = field(body, "env", dict, "an object") or {}
-        field(body, "path", str, "a string")
+        if field(body, "path", str, "a string") is not None:
+            checked_path(body["path"], "kernel path")
         chosen = env.get("KERNEL_ID")
         if isinstance(chosen, str) and self.inventory.kernel_owner(chosen) is not None:
             # Enterprise Gateway lets a client choose the id; one the mixer already

@@ -57,6 +57,14 @@ def checked_text(value: object, what: str) -> None:
                          " encodable as UTF-8 (no lone surrogates), is expected")
 
 
+def checked_path(value: object, what: str) -> None:
+    """:func:`checked_text` for a notebook path, which also may not hold a NUL: no file
+    system has one, and jupyter_server answers it with a 500 once the kernel is started."""
+    checked_text(value, what)
+    if "\x00" in str(value):
+        raise BadRequest(f"invalid {what}: a NUL character cannot be part of a file path")
+
+
 def checked_resource_path(path: str) -> str:
     """A kernelspec resource path (``logo-64x64.png``, ``sub/file.js``) that cannot
     climb out of the kernelspec's directory on the backend."""

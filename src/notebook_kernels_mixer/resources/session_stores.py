@@ -40,7 +40,7 @@ from notebook_kernels_mixer.resources.backend_kernels import (
     is_model,
     listed_models,
 )
-from notebook_kernels_mixer.resources.naming import checked_text
+from notebook_kernels_mixer.resources.naming import checked_path, checked_text
 from notebook_kernels_mixer.state import KeptSession, StateError
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,8 @@ class KeptSessions:
             "path": path, "type": _text(body.get("type")) or "notebook",
             "name": _text(body.get("name")) or _text(notebook.get("name")) or posixpath.basename(path),
         }
-        for what, value in fields.items():
-            checked_text(value, f"session {what}")  # before a kernel is started for it
+        for what, value in fields.items():  # before a kernel is started for it
+            (checked_path if what == "path" else checked_text)(value, f"session {what}")
         kernel, started = await self._kernel_for(body.get("kernel"))
         record = KeptSession(id=str(uuid.uuid4()), backend=self.backend.name,
                              kernel_id=kernel["id"], **fields)
@@ -192,7 +192,7 @@ class KeptSessions:
         record = self._record_of(session_id)
         changes = {k: body[k] for k in ("path", "name", "type") if isinstance(body.get(k), str)}
         for what, value in changes.items():
-            checked_text(value, f"session {what}")
+            (checked_path if what == "path" else checked_text)(value, f"session {what}")
         kernel, started = (await self._kernel_for(body["kernel"])) if body.get("kernel") else (None, False)
         if kernel is not None:
             changes["kernel_id"] = kernel["id"]

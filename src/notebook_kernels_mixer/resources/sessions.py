@@ -27,7 +27,7 @@ from notebook_kernels_mixer.resources.backend_kernels import Model, is_model
 from notebook_kernels_mixer.resources.common import field, json_response, read_json_object
 from notebook_kernels_mixer.resources.fanout import merged
 from notebook_kernels_mixer.resources.kernels import DefaultSpec, KernelsHandlers, translate_kernel
-from notebook_kernels_mixer.resources.naming import checked_id, checked_text
+from notebook_kernels_mixer.resources.naming import checked_id, checked_path, checked_text
 from notebook_kernels_mixer.resources.session_stores import SessionStore
 from notebook_kernels_mixer.state import StateError
 
@@ -56,7 +56,7 @@ def kernel_request(body: dict[str, Any]) -> dict[str, Any] | None:
         field(kernel, "id", str, "a string")
     for name in _MODEL_FIELDS:
         if field(body, name, str, "a string") is not None:
-            checked_text(body[name], f"session {name}")
+            (checked_path if name == "path" else checked_text)(body[name], f"session {name}")
     return kernel
 
 
