@@ -361,3 +361,23 @@ async def test_sessions_listed_with_ids_the_mixer_cannot_keep_are_left_out(
     if decoder != "orjson":
         warned = [r.getMessage() for r in caplog.records if "without a valid id" in r.getMessage()]
         assert len(warned) == 1 and "'local'" in warned[0], warned  # once, not at every listing
+
+
+@pytest.mark.parametrize("sessions", ["backend", "mixer"])
+async def test_a_session_created_without_a_name_is_named_after_its_file(
+    fakes, mixer, sessions: str
+) -> None:
+    """jupyter_server (as the fake) would keep ``"name": null``, which api.yaml and
+    JupyterLab's model check refuse; the mixer names it as it names its kept ones."""
+    local = await fakes("local")
+    remote = await fakes("remote")
+    m = await mixer([("local", local), ("remote", remote, {"sessions": sessions})])
+    body = {"path": "work/nb.ipynb", "type": "notebook", "kernel": {"name": "remote-python3"}}
+    status, created = await m.call("POST", "/api/sessions", json=body)
+    assert status == 201 and created["name"] == "nb.ipynb", created
+    status, listed = await m.call("GET", "/api/sessions")
+    assert [s["name"] for s in listed] == ["nb.ipynb"]
+    legacy = {"notebook": {"path": "b.ipynb", "name": "legacy name"}, "path": "b.ipynb",
+              "type": "notebook", "kernel": {"name": "remote-python3"}}
+    status, created = await m.call("POST", "/api/sessions", json=legacy)
+    assert status == 201 and created["name"] == "legacy name", created

@@ -86,6 +86,11 @@ class ForwardedSessions:
                                                               timeout=timeout))
 
     async def create(self, body: dict[str, Any]) -> Model:
+        if not isinstance(body.get("name"), str) and isinstance(body.get("path"), str):
+            # jupyter_server keeps a session without a name as ``"name": null``, which
+            # its own api.yaml (and JupyterLab's model check) refuses: name it as the
+            # mixer names the sessions it keeps.
+            body = {**body, "name": session_name(body, body["path"])}
         return _session(self.backend, await self.backend.call(
             "POST", "/api/sessions", ok=(200, 201), json=body))
 
@@ -99,6 +104,14 @@ class ForwardedSessions:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+def session_name(body: dict[str, Any], path: str) -> str:
+    """The name of a session created without one: the legacy ``notebook.name``, else
+    the file name of its path."""
+    notebook = body.get("notebook")
+    legacy = notebook.get("name") if isinstance(notebook, dict) else None
+    return _text(body.get("name")) or _text(legacy) or posixpath.basename(path)
 
 
 def _model(record: KeptSession, kernel: Model) -> Model:
@@ -178,7 +191,7 @@ class KeptSessions:
         path = _text(body.get("path")) or _text(notebook.get("path"))
         fields = {
             "path": path, "type": _text(body.get("type")) or "notebook",
-            "name": _text(body.get("name")) or _text(notebook.get("name")) or posixpath.basename(path),
+            "name": session_name(body, path),
         }
         for what, value in fields.items():  # before a kernel is started for it
             (checked_path if what == "path" else checked_text)(value, f"session {what}")
