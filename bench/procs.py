@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -109,6 +110,15 @@ def reset_peak(pid: int) -> bool:
     return ok
 
 
+def accepts(host: str, port: int) -> bool:
+    """Whether something accepts TCP on ``host``:``port`` (IPv4 or IPv6 loopback)."""
+    if ":" not in host:
+        return port_open(port, host)
+    with socket.socket(socket.AF_INET6) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
 class Procs:
     """Processes this benchmark started; each is stopped by its own pid."""
 
@@ -117,22 +127,22 @@ class Procs:
         self.live: list[Process] = []
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
-              port: int | None = None) -> Process:  # fmt: skip
+              port: int | None = None, host: str = "127.0.0.1") -> Process:  # fmt: skip
         """``cmd`` started (not waited for), logging to ``<log_dir>/<name>.log``; ready
-        once it accepts TCP on ``port``. It gets SIGTERM should the benchmark die."""
+        once it accepts TCP on ``host``:``port``. It gets SIGTERM should the benchmark die."""
         proc = Process(
             name, cmd, log_path=self.log_dir / f"{name}.log", env=env, cwd=self.log_dir,
-            ready=None if port is None else lambda: port_open(port),
+            ready=None if port is None else lambda: accepts(host, port),
             poll_interval=0.05, reap_grace=0.0, die_with_parent=True,
         )  # fmt: skip
         self.live.append(proc)
         return proc.start(wait=False)
 
     async def launch(self, name: str, cmd: list[str], env: dict[str, str] | None = None, *,
-                     port: int, timeout: float = 30) -> Process:  # fmt: skip
-        """``cmd`` started and listening on ``port``; raises with its log's tail if it
-        exits first or does not listen within ``timeout``."""
-        proc = self.start(name, cmd, env, port)
+                     port: int, timeout: float = 30, host: str = "127.0.0.1") -> Process:  # fmt: skip
+        """``cmd`` started and listening on ``host``:``port``; raises with its log's tail
+        if it exits first or does not listen within ``timeout``."""
+        proc = self.start(name, cmd, env, port, host)
         await asyncio.to_thread(proc.wait_ready, timeout)
         return proc
 

@@ -92,6 +92,8 @@ def render_ws(report: Report, ws: dict) -> None:
     tests = ws["tests"]
     names = names_of(tests["rtt"])
     report.add(ws_table(tests, names).render())
+    for note in ws.get("notes", ()):
+        report.add(f"  ({note})")
     for n in names:
         if n != "direct" and not n.startswith("ref-"):
             ws_targets(report, tests, n)

@@ -178,7 +178,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first wait up to S seconds for the machine to be idle",
     )
     parser.add_argument(
-        "--no-reference", action="store_true", help="leave out the reference relays (splice, nginx)"
+        "--no-reference", action="store_true", help="leave out the reference relays (splice, nginx, Go)"
+    )
+    parser.add_argument(
+        "--go-original", metavar="DIR", default=os.environ.get("MIXER_GO_ORIGINAL_SRC"),
+        help="source of the Go original, a reference relay in section 1 "
+        "(default $MIXER_GO_ORIGINAL_SRC; see bench/goorig.py)",
     )
     parser.add_argument(
         "--py-spy", nargs="?", const="py-spy", metavar="PATH",

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Mapping
 
 from bench.driver import HERE, TOKEN, Bench, Fake, Mixer, Target, direct_headers
+from bench.goorig import NAME as GO_NAME
+from bench.goorig import go_headers, start_go_original
 from bench.load import t_bulk, t_exec_big, t_exec_small, t_many, t_pipelined, t_rtt
 from bench.nginx import start_nginx
 from notebook_kernels_mixer.processes import Process, free_port, jupyter_server_launch
@@ -72,7 +74,7 @@ async def section_ws(bench: Bench) -> dict:
     await asyncio.gather(local.start(), remote.start())
     local_kernel = await local.start_kernel()
     targets = [Target("direct", local.url, direct_headers(), local_kernel, {"backend": local.pid})]
-    references = []
+    references, notes = [], []
     if not bench.args.no_reference:
         target, splice = await start_splice(bench, local, local_kernel)
         targets.append(target)
@@ -84,8 +86,16 @@ async def section_ws(bench: Bench) -> dict:
             url = f"http://127.0.0.1:{port}"
             targets.append(Target("ref-nginx", url, direct_headers(), local_kernel, roles))
             references.append(proc)
+        go, note = await start_go_original(bench, local.port, remote.port, local_kernel)
+        bench.log(f"  {note}")
+        notes.append(note)
+        if go is not None:
+            proc, url = go
+            roles = {"mixer": proc.pid, "backend": local.pid}
+            targets.append(Target(GO_NAME, url, go_headers(), local_kernel, roles))
+            references.append(proc)
     mixed, running = await mixer_targets(bench, "ws", local, remote)
-    sec: dict = {"tests": await ws_tests(bench, targets + mixed)}
+    sec: dict = {"tests": await ws_tests(bench, targets + mixed), "notes": notes}
     sec["remote_stats"] = await remote.stats()
     sec["mixers"] = {m.label: bench.finish_mixer(m, "ws", sec["remote_stats"]) for m in running}
     for proc in references:
