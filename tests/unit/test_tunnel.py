@@ -7,11 +7,14 @@ no connection, task or file descriptor.
 
 import asyncio
 import base64
+import itertools
 import os
+import random
 
 from aiohttp import WSMsgType
 
 from notebook_kernels_mixer.app import INVENTORY, RELAY
+from notebook_kernels_mixer.relay.tunnel import FrameBoundaries
 from tests.fakes import BrokenWebsocketBackend
 from tests.unit.conftest import TOKEN
 
@@ -152,3 +155,68 @@ async def test_many_open_close_cycles_leak_nothing(fakes, mixer) -> None:
     assert len(asyncio.all_tasks()) <= tasks_before + 2
     # pooled keep-alive connections may differ a little; a leak would be thousands
     assert open_fds() <= fds_before + 20
+
+
+# -- frame boundaries -----------------------------------------------------------------------
+def frame(size: int, *, masked: bool = False, opcode: int = 0x82) -> bytes:
+    """One websocket frame with a ``size``-byte payload, its length in the shortest
+    encoding (7, 16 or 64 bits), as RFC 6455 §5.2 writes it."""
+    mask = 0x80 if masked else 0
+    if size < 126:
+        head = bytes((opcode, mask | size))
+    elif size < 1 << 16:
+        head = bytes((opcode, mask | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((opcode, mask | 127)) + size.to_bytes(8, "big")
+    return head + (b"\x01\x02\x03\x04" if masked else b"") + b"p" * size
+
+
+def test_frame_boundaries_are_found_however_the_stream_is_cut() -> None:
+    rng = random.Random(20261203)
+    sizes = [0, 1, 2, 125, 126, 127, 1024, 65535, 65536, 70000]
+    for _ in range(300):
+        frames = [frame(rng.choice(sizes), masked=rng.random() < 0.2)
+                  for _ in range(rng.randint(1, 6))]
+        stream = b"".join(frames)
+        ends = set(itertools.accumulate(len(f) for f in frames))
+        # cuts anywhere, including inside headers, one byte apart near frame starts
+        near = [e + d for e in [0, *ends] for d in (1, 2, 3) if e + d < len(stream)]
+        cuts = sorted(set(rng.sample(range(1, len(stream)), min(len(stream) - 1, 8))
+                          + rng.sample(near, min(len(near), 6))))
+        boundaries = FrameBoundaries()
+        start = 0
+        for cut in [*cuts, len(stream)]:
+            boundaries.feed(stream[start:cut])
+            assert boundaries.between_frames == (cut in ends), (cut, sorted(ends))
+            start = cut
+
+
+def test_a_chunk_that_is_one_frame_or_inside_a_payload_takes_no_parsing() -> None:
+    """The splice's per-message cost: a kernel message arrives as one whole frame, and
+    a long binary one in chunks that only shorten the payload still to come."""
+    boundaries = FrameBoundaries()
+    for size in (0, 100, 125, 126, 1024, 65535):
+        boundaries.feed(frame(size))
+    assert boundaries.parsed == 0 and boundaries.between_frames
+    big = frame(1 << 20)
+    step = 64 * 1024
+    for start in range(0, len(big), step):
+        boundaries.feed(big[start : start + step])
+    assert boundaries.parsed == 1 and boundaries.between_frames  # only its header chunk
+    two = frame(10) + frame(20)  # two frames in one chunk need the parser
+    boundaries.feed(two)
+    assert boundaries.parsed == 2 and boundaries.between_frames
+
+
+async def test_relayed_messages_are_not_parsed_in_either_direction(fakes, mixer) -> None:
+    """Round trips through the mixer: the client's frames are never looked at, and the
+    backend's (one frame per chunk) pass without the general parser."""
+    local, m, url = await kernel_url(fakes, mixer)
+    relay = m.app[RELAY]
+    async with m.session.ws_connect(url, headers={"token": TOKEN}) as ws:
+        for i in range(50):
+            await ws.send_str(f"message {i} " + "x" * (i * 40))
+            assert (await ws.receive(timeout=5)).data.startswith(f"message {i} ")
+        (tunnel,) = relay._live
+        assert tunnel._frames.parsed == 0
+        assert tunnel._frames.between_frames

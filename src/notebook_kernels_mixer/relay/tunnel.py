@@ -47,20 +47,44 @@ def no_delay(transport: asyncio.BaseTransport) -> None:
 
 class FrameBoundaries:
     """Follows the frame headers of a byte stream, skipping payloads unread, to know
-    whether the stream is between two frames."""
+    whether the stream is between two frames.
 
-    __slots__ = ("_partial", "_remaining")
+    Without the boundary of the frame being sent, a frame of the mixer's own could
+    only be put in the middle of a backend's frame, and nothing in the bytes that
+    follow tells where a frame starts: so every frame header is read as it passes
+    (two to ten bytes; a payload, however long, is only counted). A chunk that is one
+    whole frame, as a kernel message usually is, takes one check.
+    """
+
+    __slots__ = ("_partial", "_remaining", "parsed")
 
     def __init__(self) -> None:
         self._remaining = 0  # payload bytes of the current frame still to come
         self._partial = b""  # a frame header split across reads
+        #: Chunks that needed the general parser (for tests): not a chunk that is one
+        #: whole frame, nor one inside a payload.
+        self.parsed = 0
 
     @property
     def between_frames(self) -> bool:
         return self._remaining == 0 and not self._partial
 
     def feed(self, data: bytes) -> None:
-        pos, size = 0, len(data)
+        size = len(data)
+        if self._remaining >= size:  # inside a long payload
+            self._remaining -= size
+            return
+        if not self._remaining and not self._partial and size >= 2:
+            # The common case: the chunk is exactly one unmasked frame.
+            length = data[1]
+            if (length < 126 and size == 2 + length) or (
+                    length == 126 and size >= 4 and size == 4 + (data[2] << 8 | data[3])):
+                return
+        self._parse(data, size)
+
+    def _parse(self, data: bytes, size: int) -> None:
+        self.parsed += 1
+        pos = 0
         while True:
             if self._remaining:
                 step = min(self._remaining, size - pos)
