@@ -25,6 +25,7 @@ from notebook_kernels_mixer.backends import Backend, build_backend
 from notebook_kernels_mixer.carry.service import Carries, CarryHandlers
 from notebook_kernels_mixer.config import MixerConfig
 from notebook_kernels_mixer.culling import Culler, CullPolicy
+from notebook_kernels_mixer.descriptors import quiet_accept_errors, reserve_for
 from notebook_kernels_mixer.front.middlewares import access_logger, errors, protector
 from notebook_kernels_mixer.inventory import Inventory
 from notebook_kernels_mixer.inventory.kept import KeptRecords
@@ -174,8 +175,9 @@ async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> N
     """Listen on the configured (loopback) addresses until SIGINT/SIGTERM."""
     soft, hard = raise_fd_limit()
     if soft > 0:
-        log.info("open files: up to %s, so about %s kernel websockets (two descriptors each)",
-                 soft, soft // 2)
+        log.info("open files: up to %s, so about %s kernel websockets (two descriptors each, "
+                 "%s kept for the rest)", soft, (soft - reserve_for(soft)) // 2, reserve_for(soft))
+    quiet_accept_errors(asyncio.get_running_loop())
     try:
         app = await build_app(config)
     except StateError as exc:

@@ -11,6 +11,7 @@ JSON answers, so no handler formats an error itself::
     ├── PayloadTooLarge       413  body over the limit
     ├── UpstreamError         4xx/5xx  a backend answered an error; handed on as it said it
     ├── StateUnavailable      503  a change the mixer alone knows could not reach its state file
+    ├── OutOfDescriptors      503  the mixer has (almost) no file descriptors left (``descriptors``)
     └── BackendError          502  a backend answered garbage or could not be reached
         ├── BackendUnavailable 503 backend down, or no credentials for it
         └── BackendTimeout     504 a backend did not answer within its timeout
@@ -37,6 +38,8 @@ SANDBOX_HEADERS: Mapping[str, str] = {
 class MixerError(Exception):
     status = 500
     reason = "Internal Server Error"
+    #: Close the client's connection after this answer (no keep-alive).
+    close_connection = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -82,6 +85,16 @@ class StateUnavailable(MixerError):
 
     status = 503
     reason = "Service Unavailable"
+
+
+class OutOfDescriptors(MixerError):
+    """The mixer has (almost) no file descriptors left: a new connection is refused
+    rather than accepted and dropped, and the client's connection is closed after the
+    answer, which gives its descriptor back (``descriptors``)."""
+
+    status = 503
+    reason = "Service Unavailable"
+    close_connection = True
 
 
 class UpstreamError(MixerError):

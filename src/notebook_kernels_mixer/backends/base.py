@@ -29,10 +29,12 @@ from yarl import URL
 from notebook_kernels_mixer import jsonutil
 from notebook_kernels_mixer.backends.credentials import CredentialError, Credentials
 from notebook_kernels_mixer.backends.health import Health
+from notebook_kernels_mixer.descriptors import DESCRIPTORS, out_of_descriptors
 from notebook_kernels_mixer.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    MixerError,
     NotFound,
     UpstreamError,
 )
@@ -161,8 +163,12 @@ class Backend:
             return BackendError(self.name, f"{what} failed: {type(exc).__name__}: {exc}")
         return BackendError(self.name, f"{what} failed: {exc}")
 
-    def failed(self, exc: BaseException, what: str) -> BackendError:
-        """Map ``exc``, record it in the health, and return it for raising."""
+    def failed(self, exc: BaseException, what: str) -> MixerError:
+        """Map ``exc``, record it in the health, and return it for raising. A mixer out
+        of file descriptors is its own failure, not the backend's: a 503 saying so
+        (``descriptors``), the health untouched."""
+        if out_of_descriptors(exc):
+            return DESCRIPTORS.refusal()
         error = self.map_error(exc, what)
         self.health.failure(error)
         return error

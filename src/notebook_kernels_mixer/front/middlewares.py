@@ -55,8 +55,12 @@ def error_response(status: int, reason: str, message: str) -> web.Response:
 
 
 def mixer_error_response(exc: MixerError) -> web.Response:
-    """The answer an error of the tree asks for (``errors``: headers and body)."""
-    return web.Response(status=exc.status, body=exc.body, headers=exc.headers)
+    """The answer an error of the tree asks for (``errors``: headers, body, and whether
+    the connection closes after it)."""
+    response = web.Response(status=exc.status, body=exc.body, headers=exc.headers)
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 def answer_started(request: web.Request) -> bool:

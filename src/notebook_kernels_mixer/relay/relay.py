@@ -23,6 +23,7 @@ from aiohttp import web
 
 from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.backends.forwarding import forwarded_query, origin_headers
+from notebook_kernels_mixer.descriptors import DESCRIPTORS
 from notebook_kernels_mixer.errors import BackendError
 from notebook_kernels_mixer.relay.tunnel import INTERNAL_ERROR, Tunnel
 from notebook_kernels_mixer.relay.upgrade import Dialer, Upgrade
@@ -93,8 +94,11 @@ class Relay:
         return ws
 
     async def run(self, request: web.Request, backend: Backend, path: str) -> web.StreamResponse:
-        """Relay one websocket. Raises ``NotFound`` when the backend has no such kernel;
-        any other backend failure closes the client's socket with 1011."""
+        """Relay one websocket. Raises ``NotFound`` when the backend has no such kernel,
+        ``OutOfDescriptors`` (a 503 before the upgrade) when the mixer is short of file
+        descriptors (``descriptors``); any other backend failure closes the client's
+        socket with 1011."""
+        DESCRIPTORS.check(_fileno(request))
         headers = {k: request.headers[k] for k in _HANDSHAKE_TO_BACKEND if k in request.headers}
         headers.update(origin_headers(request.headers, scheme=request.scheme, mixer_host=request.host,
                                       external_hostname=self.external_hostname,
@@ -214,6 +218,13 @@ class Relay:
 
     def state(self) -> dict[str, int]:
         return {"websockets": len(self._live), "websocket_sessions": len(self._ws_sessions)}
+
+
+def _fileno(request: web.Request) -> int | None:
+    """The descriptor of the client's connection (None once it is gone)."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock.fileno() if sock is not None else None
 
 
 def _kernel_of(path: str) -> str | None:
