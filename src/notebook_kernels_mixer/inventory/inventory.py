@@ -123,9 +123,7 @@ class Inventory:
         """``backend`` answered a complete kernel listing that began at ``started``
         (monotonic): what it no longer has is forgotten, what it has is learnt.
         Returns the ids it owns (another backend keeps an id they share)."""
-        ids = list(ids)
-        self.owners.prune(backend.name, started=started, kernels=ids)
-        return self.owners.listed_kernels(ids, backend.name)
+        return self.owners.kernels_listed(backend.name, list(ids), started=started)
 
     # -- session events --------------------------------------------------------------------
     def session_seen(self, backend: Backend, client_sid: str, model: Model) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from notebook_kernels_mixer.state import StateStore
 
@@ -34,6 +34,12 @@ class Ownership:
         # When an id was last confirmed: a listing that started earlier must not prune it.
         self._touched: dict[str, float] = {}
         self.first_seen: dict[str, float] = {}  # kernel id -> wall time (ages in status)
+        # backend -> the ids of the kernels it owns, in the order learnt (an ordered set):
+        # what the state says, indexed, so a listing compares sets instead of scanning
+        # the state (every change of a kernel's owner goes through _set_kernel/forget_kernel)
+        self._by_backend: dict[str, dict[str, None]] = {name: {} for name in self.names}
+        for kernel_id, name in state.kernels.items():
+            self._by_backend.setdefault(name, {})[kernel_id] = None
         # (backend, backend's session id) -> client-visible id, for moved sessions
         self._aliases: dict[tuple[str, str], str] = {
             (b, bsid): csid for csid, (b, bsid) in state.sessions.items() if csid != bsid
@@ -63,22 +69,34 @@ class Ownership:
         self._set_kernel(kernel_id, backend)
         return True
 
-    def listed_kernels(self, ids: Iterable[str], backend: str) -> set[str]:
-        """``listed_kernel`` for a whole listing: the ids ``backend`` owns. A kernel it
-        is already known to own only has its confirmation time renewed, so a listing
-        of N known kernels writes nothing to the state (issue 20: the bookkeeping was
-        most of the mixer's per-kernel cost of a listing)."""
-        now, wall = time.monotonic(), time.time()
-        known = self.state.kernels
-        owned = set()
-        for kernel_id in ids:
-            if known.get(kernel_id) == backend:
-                self._touched[kernel_id] = now
-                self.first_seen.setdefault(kernel_id, wall)  # known from the state file
-                owned.add(kernel_id)
-            elif self.listed_kernel(kernel_id, backend):
-                owned.add(kernel_id)
-        return owned
+    def kernels_listed(self, backend: str, ids: Sequence[str], *, started: float) -> set[str]:
+        """``backend`` answered a complete kernel listing of ``ids`` that began at
+        ``started`` (monotonic): what it no longer has, and nobody confirmed since, is
+        forgotten (``prune``); what it has is learnt (``listed_kernel``). Returns the ids
+        it owns. Incremental: a kernel it is already known to own only has its
+        confirmation time renewed, by set operations on the whole listing (no state
+        write, no per-id check), so only ids that are new or gone cost Python work
+        (issue 20: the bookkeeping was most of the mixer's per-kernel cost of a listing)."""
+        present = set(ids)
+        mine = self._by_backend.setdefault(backend, {})
+        gone = mine.keys() - present
+        if gone:
+            self._prune_kernels([k for k in mine if k in gone], started)
+        known = present & mine.keys()
+        self._touched.update(dict.fromkeys(known, time.monotonic()))
+        unseen = known - self.first_seen.keys()  # known from the state file: its age starts
+        if unseen:
+            wall = time.time()
+            for kernel_id in ids:
+                if kernel_id in unseen:
+                    self.first_seen.setdefault(kernel_id, wall)
+        new = present - known
+        for kernel_id in ids if new else ():
+            if kernel_id in new:
+                new.discard(kernel_id)
+                if self.listed_kernel(kernel_id, backend):
+                    known.add(kernel_id)
+        return known
 
     def _winner(self, kernel_id: str, owner: str, other: str) -> str:
         if kernel_id in self._created:
@@ -87,18 +105,24 @@ class Ownership:
 
     def _set_kernel(self, kernel_id: str, backend: str) -> None:
         self.state.put_kernel(kernel_id, backend)
+        for name, ids in self._by_backend.items():
+            if name != backend:
+                ids.pop(kernel_id, None)
+        self._by_backend.setdefault(backend, {})[kernel_id] = None
         self._touched[kernel_id] = time.monotonic()
         self.first_seen.setdefault(kernel_id, time.time())
 
     def forget_kernel(self, kernel_id: str) -> None:
         self.state.drop_kernel(kernel_id)
+        for ids in self._by_backend.values():
+            ids.pop(kernel_id, None)
         self._created.discard(kernel_id)
         self._collisions.discard(kernel_id)
         self._touched.pop(kernel_id, None)
         self.first_seen.pop(kernel_id, None)
 
     def kernels_of(self, backend: str) -> list[str]:
-        return [k for k, name in self.state.kernels.items() if name == backend]
+        return list(self._by_backend.get(backend, ()))
 
     # -- notebook sessions ---------------------------------------------------------------
     def session(self, client_sid: str) -> tuple[str, str] | None:
@@ -142,19 +166,23 @@ class Ownership:
               sessions: Iterable[str] | None = None) -> None:
         """``backend`` answered a complete listing that began at ``started`` (monotonic):
         what it no longer has, and nobody confirmed since, is forgotten."""
-        def stale(key: str) -> bool:
-            return self._touched.get(key, 0.0) < started
-
         if kernels is not None:
             present = set(kernels)
-            for kernel_id in self.kernels_of(backend):
-                if kernel_id not in present and stale(kernel_id):
-                    self.forget_kernel(kernel_id)
+            self._prune_kernels([k for k in self.kernels_of(backend) if k not in present], started)
         if sessions is not None:
             present = set(sessions)
             for csid, (name, bsid) in list(self.state.sessions.items()):
-                if name == backend and bsid not in present and stale("s:" + csid):
+                if name == backend and bsid not in present and self._stale("s:" + csid, started):
                     self.forget_session(csid)
+
+    def _stale(self, key: str, started: float) -> bool:
+        """Not confirmed since a listing that began at ``started``."""
+        return self._touched.get(key, 0.0) < started
+
+    def _prune_kernels(self, missing: list[str], started: float) -> None:
+        for kernel_id in missing:
+            if self._stale(kernel_id, started):
+                self.forget_kernel(kernel_id)
 
     def sizes(self) -> dict[str, int]:
         """How much the mixer remembers (status, soak): bounded by what backends hold."""

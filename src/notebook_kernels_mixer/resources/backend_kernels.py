@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 Model = dict[str, Any]
 _warned: weakref.WeakKeyDictionary[Backend, set[str]] = weakref.WeakKeyDictionary()
+# backend -> listing ("kernels", "sessions") -> the ids its last listing had, all valid
+_valid: weakref.WeakKeyDictionary[Backend, dict[str, set[str]]] = weakref.WeakKeyDictionary()
 
 
 def is_model(value: Any) -> TypeGuard[Model]:
@@ -36,8 +38,16 @@ def is_model(value: Any) -> TypeGuard[Model]:
 def listed_models(backend: Backend, answer: list[Any], what: str) -> list[Model]:
     """The models of a backend's listing; entries without a valid id are left out, not
     the whole listing: one bad entry must not hide the backend's other kernels or
-    sessions (and such an id could not be routed anyway). Logged once per backend."""
-    models = [m for m in answer if is_model(m)]
+    sessions (and such an id could not be routed anyway). Logged once per backend.
+
+    An id that was valid in the backend's previous listing is valid now (``valid_id``
+    depends on the string alone), so a listing checks only the ids that are new with
+    a regular expression: most of them are the same from one listing to the next."""
+    before = _valid.setdefault(backend, {})
+    valid = before.get(what, frozenset())
+    models = [m for m in answer if isinstance(m, dict) and (
+        (isinstance(i := m.get("id"), str) and i in valid) or valid_id(i))]
+    before[what] = {m["id"] for m in models}  # bounded: this listing's ids
     warned = _warned.setdefault(backend, set())
     if len(models) != len(answer) and what not in warned:
         warned.add(what)
