@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 
+from notebook_kernels_mixer import descriptors
+from notebook_kernels_mixer.app import INVENTORY
 from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.backends.credentials import Credentials
 from notebook_kernels_mixer.config import BackendConfig
-from notebook_kernels_mixer.errors import NotFound
+from notebook_kernels_mixer.errors import BackendUnavailable, NotFound, OutOfDescriptors
 from notebook_kernels_mixer.relay.upgrade import Dialer
 from tests.fakes import FakeJupyter
 from tests.flood import Flood
@@ -227,3 +231,49 @@ async def test_a_streamed_resource_over_the_cap_ends_with_an_aborted_connection(
     assert flood.closed == 1 and flood.sent[0] < CAP + SLACK
     status, _ = await m.call("GET", "/api/kernelspecs")
     assert status == 200
+
+
+def connector_error(code: int) -> aiohttp.ClientConnectorError:
+    key = SimpleNamespace(host="127.0.0.1", port=1, ssl=True)
+    return aiohttp.ClientConnectorError(key, OSError(code, os.strerror(code)))  # type: ignore[arg-type]
+
+
+class FailingPool:
+    """An HTTP pool whose every connection fails with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    async def request(self, *args: object, **kwargs: object) -> aiohttp.ClientResponse:
+        raise connector_error(self.code)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_mixer_out_of_descriptors_answers_503_and_the_backend_stays_healthy(
+        backends: list[Backend], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(descriptors, "DESCRIPTORS", descriptors.Descriptors())
+    backend = backend_with(backends, Rotating("only"))
+    backend._http = FailingPool(errno.EMFILE)  # type: ignore[assignment]
+    with pytest.raises(OutOfDescriptors) as info:
+        await backend.request("GET", "/api/kernels")
+    assert info.value.status == 503 and "out of file descriptors" in info.value.message
+    assert backend.health.failures == 0
+    backend._http = FailingPool(errno.ECONNREFUSED)  # type: ignore[assignment]
+    with pytest.raises(BackendUnavailable):  # a backend that is down is still its failure
+        await backend.request("GET", "/api/kernels")
+    assert backend.health.failures == 1
+
+
+async def test_a_rest_request_out_of_descriptors_is_a_json_503_that_closes_its_connection(
+        fakes, mixer, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(descriptors, "DESCRIPTORS", descriptors.Descriptors())
+    local = await fakes("local")
+    m = await mixer([("local", local)])
+    m.app[INVENTORY].backends["local"]._http = FailingPool(errno.EMFILE)
+    async with m.session.get(m.url + "/api/contents", headers=m.headers()) as resp:
+        assert resp.status == 503 and resp.headers["Connection"] == "close"
+        body = await resp.json()
+    assert body["reason"] == "Service Unavailable"
+    assert body["message"].startswith("the mixer is out of file descriptors")

@@ -164,3 +164,70 @@ async def settle_relays(m) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("relays still open")
+
+
+@pytest.fixture
+def descriptors_left(monkeypatch):
+    """A fresh guard, and how many descriptors it is told are free (100 at first)."""
+    from types import SimpleNamespace
+
+    from notebook_kernels_mixer import descriptors
+
+    left = SimpleNamespace(free=100, asked=[])
+
+    def free(fd, limit):
+        left.asked.append(fd)
+        return left.free
+
+    monkeypatch.setattr(descriptors, "DESCRIPTORS", descriptors.Descriptors())
+    monkeypatch.setattr(descriptors, "soft_limit", lambda: 65536)
+    monkeypatch.setattr(descriptors, "free_descriptors", free)
+    return left
+
+
+def upgrade_headers() -> dict[str, str]:
+    return {"token": TOKEN, "Upgrade": "websocket", "Connection": "Upgrade",
+            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+async def test_short_of_descriptors_a_new_websocket_is_a_503_and_the_open_ones_go_on(
+        fakes, mixer, descriptors_left) -> None:
+    local, m, url = await setup(fakes, mixer)
+    async with m.session.ws_connect(url, headers={"token": TOKEN}) as open_one:
+        assert descriptors_left.asked and all(fd > 2 for fd in descriptors_left.asked)
+        descriptors_left.free = 5  # below the reserve
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await m.session.ws_connect(url.replace("s1", "s2"), headers={"token": TOKEN})
+        assert refused.value.status == 503
+        async with m.session.get(url.replace("ws", "http", 1), headers=upgrade_headers()) as resp:
+            assert resp.status == 503 and resp.headers["Connection"] == "close"
+            body = await resp.json()
+        assert body["reason"] == "Service Unavailable"
+        assert "out of file descriptors" in body["message"]
+        await open_one.send_str("still here")
+        assert (await open_one.receive(timeout=5)).data == "still here"
+        status, _ = await m.call("GET", "/api/kernels")
+        assert status == 200
+        descriptors_left.free = 100  # some closed
+        async with m.session.ws_connect(url.replace("s1", "s3"), headers={"token": TOKEN}) as again:
+            await again.send_str("again")
+            assert (await again.receive(timeout=5)).data == "again"
+    assert [s.path.endswith("/channels") for s in local.seen].count(True) == 2  # the refused never reached it
+
+
+async def test_a_backend_connection_short_of_descriptors_is_a_503_not_a_1011(
+        fakes, mixer, monkeypatch, descriptors_left) -> None:
+    import errno
+
+    from notebook_kernels_mixer.relay.upgrade import Dialer
+
+    async def emfile(self, url):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    local, m, url = await setup(fakes, mixer)
+    monkeypatch.setattr(Dialer, "_connect", emfile)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await m.session.ws_connect(url, headers={"token": TOKEN})
+    assert refused.value.status == 503
+    backend = m.app[INVENTORY].backends["local"]
+    assert backend.health.failures == 0  # the mixer's shortage, not the backend's failure

@@ -26,10 +26,9 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from notebook_kernels_mixer import jsonutil
+from notebook_kernels_mixer import descriptors, jsonutil
 from notebook_kernels_mixer.backends.credentials import CredentialError, Credentials
 from notebook_kernels_mixer.backends.health import Health
-from notebook_kernels_mixer.descriptors import DESCRIPTORS, out_of_descriptors
 from notebook_kernels_mixer.errors import (
     BackendError,
     BackendTimeout,
@@ -167,8 +166,8 @@ class Backend:
         """Map ``exc``, record it in the health, and return it for raising. A mixer out
         of file descriptors is its own failure, not the backend's: a 503 saying so
         (``descriptors``), the health untouched."""
-        if out_of_descriptors(exc):
-            return DESCRIPTORS.refusal()
+        if descriptors.out_of_descriptors(exc):
+            return descriptors.DESCRIPTORS.refusal()
         error = self.map_error(exc, what)
         self.health.failure(error)
         return error

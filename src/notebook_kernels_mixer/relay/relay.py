@@ -21,9 +21,9 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from aiohttp import web
 
+from notebook_kernels_mixer import descriptors
 from notebook_kernels_mixer.backends import Backend
 from notebook_kernels_mixer.backends.forwarding import forwarded_query, origin_headers
-from notebook_kernels_mixer.descriptors import DESCRIPTORS
 from notebook_kernels_mixer.errors import BackendError
 from notebook_kernels_mixer.relay.tunnel import INTERNAL_ERROR, Tunnel
 from notebook_kernels_mixer.relay.upgrade import Dialer, Upgrade
@@ -98,7 +98,7 @@ class Relay:
         ``OutOfDescriptors`` (a 503 before the upgrade) when the mixer is short of file
         descriptors (``descriptors``); any other backend failure closes the client's
         socket with 1011."""
-        DESCRIPTORS.check(_fileno(request))
+        descriptors.DESCRIPTORS.check(_fileno(request))
         headers = {k: request.headers[k] for k in _HANDSHAKE_TO_BACKEND if k in request.headers}
         headers.update(origin_headers(request.headers, scheme=request.scheme, mixer_host=request.host,
                                       external_hostname=self.external_hostname,
