@@ -296,10 +296,16 @@ def render(results: dict, meta: dict) -> tuple[str, list[dict]]:
         from bench.switch import render_switch
 
         render_switch(report, results["switch"])
+    if results.get("scale"):
+        from bench.scale import render_scale
+
+        render_scale(report, results["scale"])
     if meta.get("instances"):
         render_instances(report, meta["instances"])
     noise_warning(report, results)
     if report.targets:
-        issues = "issues 3, 12 and 18" if results.get("switch") else "issues 3 and 12"
+        issues = ", ".join(["3", "12", *(["18"] if results.get("switch") else []),
+                            *(["20"] if results.get("scale") else [])])
+        issues = "issues " + issues.rsplit(", ", 1)[0] + " and " + issues.rsplit(", ", 1)[1]
         report.add(report.targets_table(f"\nTargets ({issues})"))
     return "\n".join(report.lines), report.targets

@@ -49,7 +49,7 @@ elif ROOT not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from bench import front, scenarios, scenarios_rest, switch  # noqa: E402
+from bench import front, scale, scenarios, scenarios_rest, switch  # noqa: E402
 from bench.driver import Bench  # noqa: E402
 from bench.procs import system_cpu  # noqa: E402
 from bench.render import render  # noqa: E402
@@ -61,6 +61,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[dict]]] = {
     "rest": scenarios_rest.section_rest,
     "front": front.section_front,
     "switch": switch.section_switch,  # issue 18; only when asked (--sections switch)
+    "scale": scale.section_scale,  # issue 20; only when asked (--sections scale)
 }
 DEFAULT_SECTIONS = "ws,kernel,rest,front"
 
