@@ -178,7 +178,7 @@ async def measure(run: Run, http: aiohttp.ClientSession, n: int, backends: int,
 async def main(args: argparse.Namespace) -> list[dict]:
     run = Run(args)
     out: list[dict] = []
-    variants: list[tuple[str, str | None]] = [("this", None)]
+    variants: list[tuple[str, str | None]] = [] if args.only_compare else [("this", None)]
     variants += [(Path(src).name or src, src) for src in args.compare]
     try:
         run.start_fakes(max(args.backends))
@@ -229,10 +229,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", action="append", default=[], metavar="DIR",
                    help="also a mixer from DIR/src (e.g. an older commit's `git archive`),"
                         " interleaved with this one")
+    p.add_argument("--only-compare", action="store_true",
+                   help="only the --compare directories, not this checkout")
     p.add_argument("--py-spy", metavar="FILE",
                    help="profile the timed part (raw py-spy output: FILE.VARIANT.NxB)")
     p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     args = p.parse_args(argv)
+    if args.only_compare and not args.compare:
+        p.error("--only-compare needs --compare")
     if max(args.backends) > len(NAMES) or min(args.backends) < 1:
         p.error(f"--backends: 1 to {len(NAMES)}")
     args.py_spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
