@@ -358,7 +358,7 @@ async def state_start(bench: Bench, backends: Backends) -> list[dict]:
     full = bench.tmp / "state-10k.sqlite"
     await write_state(full, owners)
     headers = gateway_headers(TOKEN, XSRF)
-    rows = []
+    rows: list[dict] = []
     async with bench.session() as sess:
         for label, path in (
             ("new (empty)", bench.tmp / "state-empty.sqlite"),
