@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import signal
+import sys
 
 from aiohttp import web
 
@@ -25,10 +26,11 @@ from notebook_kernels_mixer.backends import Backend, build_backend
 from notebook_kernels_mixer.carry.service import Carries, CarryHandlers
 from notebook_kernels_mixer.config import MixerConfig
 from notebook_kernels_mixer.culling import Culler, CullPolicy
-from notebook_kernels_mixer.descriptors import quiet_accept_errors, reserve_for
+from notebook_kernels_mixer.descriptors import reserve_for
 from notebook_kernels_mixer.front.middlewares import access_logger, errors, protector
 from notebook_kernels_mixer.inventory import Inventory
 from notebook_kernels_mixer.inventory.kept import KeptRecords
+from notebook_kernels_mixer.listener import GuardedSite
 from notebook_kernels_mixer.metrics import MeasuredKernels, Metrics, MetricsHandlers
 from notebook_kernels_mixer.proxy import LocalProxy
 from notebook_kernels_mixer.relay import Relay
@@ -133,8 +135,14 @@ async def _listen(runner: web.AppRunner, config: MixerConfig) -> list[str]:
     """
     bound = []
     for host in config.hosts:
-        # backlog: 200 kernels reconnecting at once must not overflow the accept queue
-        site = web.TCPSite(runner, host.strip("[]"), config.port, reuse_address=True, backlog=1024)
+        # backlog: 200 kernels reconnecting at once must not overflow the accept queue;
+        # GuardedSite: no connection lost when descriptors run out (``listener``)
+        site: web.BaseSite
+        if sys.platform == "win32":  # no add_reader on the Proactor loop
+            site = web.TCPSite(runner, host.strip("[]"), config.port, reuse_address=True,
+                               backlog=1024)
+        else:
+            site = GuardedSite(runner, host.strip("[]"), config.port, backlog=1024)
         try:
             await site.start()
         except OSError as exc:
@@ -177,7 +185,6 @@ async def serve(config: MixerConfig, *, ready: asyncio.Event | None = None) -> N
     if soft > 0:
         log.info("open files: up to %s, so about %s kernel websockets (two descriptors each, "
                  "%s kept for the rest)", soft, (soft - reserve_for(soft)) // 2, reserve_for(soft))
-    quiet_accept_errors(asyncio.get_running_loop())
     try:
         app = await build_app(config)
     except StateError as exc:

@@ -6,7 +6,8 @@ when the hard limit is low too, descriptors can still run out, and then the wors
 failure is the event loop's: its ``accept()`` fails with EMFILE, and uvloop (libuv)
 accepts and closes the waiting connections at once (clients see "Server
 disconnected"), while asyncio's own loop logs a traceback and stops accepting for a
-second, leaving clients hanging in the backlog. Neither says anything to the client.
+second, leaving clients hanging in the backlog. Neither says anything to the client
+(``listener`` has an accept loop of the mixer's own for bursts that still meet it).
 
 So the mixer keeps a reserve (``reserve_for``): a new websocket is refused with a
 503 — before the upgrade, before any backend connection — once fewer descriptors
@@ -34,12 +35,10 @@ log.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
 import time
-from typing import Any
 
 try:
     import resource
@@ -131,6 +130,16 @@ class Descriptors:
         limit = soft_limit() if limit is None else limit
         shown = "unknown" if limit is None else str(limit)
         self.refused += 1
+        self.exhausted(shown)
+        return OutOfDescriptors(
+            f"the mixer is out of file descriptors (open-files limit {shown}); new "
+            "connections are refused until some close")
+
+    def exhausted(self, shown: str | None = None) -> None:
+        """None left (an accept() that failed): the episode's warning if it starts one."""
+        if shown is None:
+            limit = soft_limit()
+            shown = "unknown" if limit is None else str(limit)
         if not self._episode:
             self._episode = True
             now = time.monotonic()
@@ -140,27 +149,8 @@ class Descriptors:
                     "out of file descriptors (open-files limit %s): new websockets and "
                     "backend connections are refused with 503 until some close; existing "
                     "ones go on; a higher hard limit (ulimit -Hn) allows more", shown)
-        return OutOfDescriptors(
-            f"the mixer is out of file descriptors (open-files limit {shown}); new "
-            "connections are refused until some close")
 
 
 #: The one guard of this process.
 DESCRIPTORS = Descriptors()
 
-
-def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
-    """asyncio's loop reports an ``accept()`` that failed with EMFILE to its exception
-    handler (a traceback each second while it lasts): here it is the episode's one
-    line instead. (uvloop handles it itself, see above; the reserve is what avoids it.)"""
-    previous = loop.get_exception_handler()
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if out_of_descriptors(context.get("exception")):
-            DESCRIPTORS.refusal()
-        elif previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)

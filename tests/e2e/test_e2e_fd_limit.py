@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import os
 import resource
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.e2e
 
 SOCKETS = 300
 SOFT = 256
+#: New websockets at once at the limit: several times the descriptors kept free (32).
+BURST = 150
 
 
 def _limits(pid: int) -> tuple[int, int]:
@@ -126,6 +129,20 @@ async def test_past_a_hard_limit_websockets_are_refused_cleanly_and_accepted_aga
                     assert status == 503 and body["reason"] == "Service Unavailable"
                     assert "out of file descriptors" in body["message"]
                     assert connection.lower() == "close"
+                # a burst of new ones at once, more than the descriptors kept free: each
+                # is refused (or, if some freed meanwhile, accepted), none dropped
+                async def attempt(i: int) -> str:
+                    try:
+                        ws = await asyncio.wait_for(http.ws_connect(f"{url}?session_id=b{i}"), 30)
+                    except aiohttp.WSServerHandshakeError as exc:
+                        return f"HTTP {exc.status}"
+                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                        return type(exc).__name__
+                    sockets.append(ws)
+                    return "accepted"
+                outcomes = await asyncio.gather(*(attempt(i) for i in range(BURST)))
+                assert set(outcomes) <= {"HTTP 503", "accepted"}, collections.Counter(outcomes)
+                assert outcomes.count("HTTP 503") > BURST // 2
                 for i, ws in enumerate(sockets):  # the open ones go on
                     await ws.send_str(f"m{i}")
                 for i, ws in enumerate(sockets):

@@ -139,26 +139,11 @@ def test_episodes_in_quick_succession_warn_once(
 def test_an_emfile_met_anyway_starts_the_episode(
         tight: SimpleNamespace, caplog: pytest.LogCaptureFixture) -> None:
     guard = Descriptors()
-    error = guard.refusal()
+    guard.exhausted()  # an accept() that failed
+    error = guard.refusal()  # a backend connection that failed
     assert isinstance(error, OutOfDescriptors)
     guard.refusal()
-    assert len(messages(caplog)) == 1
-
-
-async def test_an_accept_that_runs_out_is_the_episodes_line_not_a_traceback(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(descriptors, "DESCRIPTORS", Descriptors())
-    loop = asyncio.get_running_loop()
-    previous = loop.get_exception_handler()
-    others: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda loop, context: others.append(context))
-    try:
-        descriptors.quiet_accept_errors(loop)
-        for _ in range(3):  # asyncio's accept loop retries each second
-            loop.call_exception_handler({"message": "socket.accept() out of system resource",
-                                         "exception": OSError(errno.EMFILE, "Too many open files")})
-        loop.call_exception_handler({"message": "something else"})
-    finally:
-        loop.set_exception_handler(previous)
-    assert len(messages(caplog)) == 1
-    assert [c["message"] for c in others] == ["something else"]  # handed on
+    assert len(messages(caplog)) == 1 and guard.refused == 2
+    with pytest.raises(OutOfDescriptors):  # the episode's margin applies
+        tight.free = 33
+        guard.check(tight.fd)
