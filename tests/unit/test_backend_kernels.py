@@ -10,6 +10,10 @@ import pytest
 
 from notebook_kernels_mixer import jsonutil
 from notebook_kernels_mixer.app import STATE
+from notebook_kernels_mixer.resources import backend_kernels
+from notebook_kernels_mixer.resources.backend_kernels import listed_models
+from notebook_kernels_mixer.resources.naming import valid_id
+from tests.unit.inventory_fakes import stub
 
 BAD_IDS = ["../evil", "k\n", "k" * 129, "ké", "\udcff"]
 
@@ -43,3 +47,29 @@ async def test_a_kernel_started_with_an_id_the_mixer_cannot_keep_is_a_backend_er
     status, err = await m.call("POST", "/api/kernels", json={"name": "local-python3"})
     assert status == 502 and "backend 'local'" in err["message"] and "valid id" in err["message"], err
     assert "../evil" not in m.app[STATE].kernels
+
+
+def test_ids_a_backend_listed_before_are_not_matched_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing's cost grows with its kernels: an id already found valid in the
+    backend's previous listing is not checked again, only new ones (and invalid ones
+    are still left out)."""
+    checked: list[object] = []
+
+    def counting(value: object) -> bool:
+        checked.append(value)
+        return valid_id(value)
+
+    monkeypatch.setattr(backend_kernels, "valid_id", counting)
+    backend = stub("counted")
+    answer = [{"id": f"k{i}", "name": "python3"} for i in range(100)]
+    assert listed_models(backend, answer, "kernels") == answer
+    assert len(checked) == 100
+    checked.clear()
+    assert listed_models(backend, [dict(m) for m in answer], "kernels") == answer
+    assert checked == []
+    again = [*answer[:50], {"id": "new"}, {"id": "../evil"}, {"name": "no id"}]
+    assert listed_models(backend, again, "kernels") == [*answer[:50], {"id": "new"}]
+    assert checked == ["new", "../evil", None]
+    checked.clear()
+    assert listed_models(backend, again, "sessions") == [*answer[:50], {"id": "new"}]
+    assert len(checked) == 53  # each listing of a backend has its own

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -205,3 +205,50 @@ async def test_kernels_known_from_the_state_file_are_confirmed_by_a_listing(stat
     assert inv.kernel_owner("k") is remote
     inv.kernels_listed(remote, [], started=time.monotonic())
     assert inv.kernel_owner("k") is None and "k" not in inv.first_seen
+
+
+class _CountingReads(Mapping[str, str]):
+    """A mapping that counts every read of an entry (or a pass over them)."""
+
+    def __init__(self, inner: Mapping[str, str]) -> None:
+        self.inner, self.reads = inner, 0
+
+    def __getitem__(self, key: str) -> str:
+        self.reads += 1
+        return self.inner[key]
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads += 1
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+async def test_a_listing_of_known_kernels_costs_no_per_kernel_ownership_check(
+    state, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Incremental bookkeeping: when each backend lists the kernels it is known to own,
+    the state is neither read entry by entry nor scanned, nor written; what is new or
+    gone is still learnt and forgotten."""
+    inv = inventory(state)
+    local, remote = inv.backends["local"], inv.backends["remote"]
+    ids = {"local": [f"l{i}" for i in range(100)], "remote": [f"r{i}" for i in range(100)]}
+    for backend in (local, remote):
+        inv.kernels_listed(backend, ids[backend.name], started=time.monotonic())
+    counting = _CountingReads(state.kernels)
+    monkeypatch.setattr(state, "kernels", counting)
+    writes: list[object] = []
+    monkeypatch.setattr(state, "put", lambda row: writes.append(row))
+    monkeypatch.setattr(state, "drop", lambda kind, key: writes.append(key))
+    for backend in (local, remote):
+        assert inv.kernels_listed(backend, ids[backend.name], started=time.monotonic()) \
+            == set(ids[backend.name])
+    assert counting.reads == 0 and writes == []
+    monkeypatch.undo()
+    began = time.monotonic()
+    assert inv.kernels_listed(remote, [*ids["remote"][1:], "r-new"], started=began) \
+        == {*ids["remote"][1:], "r-new"}
+    assert inv.kernel_owner("r0") is None and inv.kernel_owner("r-new") is remote
+    assert set(inv.kernels_of(remote)) == {*ids["remote"][1:], "r-new"}
+    assert len(inv.kernels_of(local)) == 100

@@ -77,25 +77,27 @@ class Ownership:
         confirmation time renewed, by set operations on the whole listing (no state
         write, no per-id check), so only ids that are new or gone cost Python work
         (issue 20: the bookkeeping was most of the mixer's per-kernel cost of a listing)."""
+        # (set.intersection and set.difference with a dict look each of the set's own
+        # items up: they cost as much as the listing, not as all the kernels known)
         present = set(ids)
         mine = self._by_backend.setdefault(backend, {})
-        gone = mine.keys() - present
-        if gone:
-            self._prune_kernels([k for k in mine if k in gone], started)
-        known = present & mine.keys()
+        known = present.intersection(mine)
+        if len(known) < len(mine):  # some are gone
+            self._prune_kernels([k for k in mine if k not in known], started)
         self._touched.update(dict.fromkeys(known, time.monotonic()))
-        unseen = known - self.first_seen.keys()  # known from the state file: its age starts
+        unseen = known.difference(self.first_seen)  # known from the state file: its age starts
         if unseen:
             wall = time.time()
             for kernel_id in ids:
                 if kernel_id in unseen:
                     self.first_seen.setdefault(kernel_id, wall)
-        new = present - known
-        for kernel_id in ids if new else ():
-            if kernel_id in new:
-                new.discard(kernel_id)
-                if self.listed_kernel(kernel_id, backend):
-                    known.add(kernel_id)
+        if len(known) < len(present):  # some are new
+            new = present - known
+            for kernel_id in ids:
+                if kernel_id in new:
+                    new.discard(kernel_id)
+                    if self.listed_kernel(kernel_id, backend):
+                        known.add(kernel_id)
         return known
 
     def _winner(self, kernel_id: str, owner: str, other: str) -> str:

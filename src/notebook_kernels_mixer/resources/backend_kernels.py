@@ -41,10 +41,14 @@ def listed_models(backend: Backend, answer: list[Any], what: str) -> list[Model]
     sessions (and such an id could not be routed anyway). Logged once per backend.
 
     An id that was valid in the backend's previous listing is valid now (``valid_id``
-    depends on the string alone), so a listing checks only the ids that are new with
-    a regular expression: most of them are the same from one listing to the next."""
+    depends on the string alone): a listing of the same ids as the last one (or some
+    of them) is not matched against the regular expression again, only one with an id
+    the last one did not have (most are the same from one listing to the next)."""
     before = _valid.setdefault(backend, {})
     valid = before.get(what, frozenset())
+    if not [m for m in answer
+            if not (isinstance(m, dict) and isinstance(i := m.get("id"), str) and i in valid)]:
+        return answer  # all known valid; what the cache holds stays valid (it does not grow)
     models = [m for m in answer if isinstance(m, dict) and (
         (isinstance(i := m.get("id"), str) and i in valid) or valid_id(i))]
     before[what] = {m["id"] for m in models}  # bounded: this listing's ids
