@@ -159,6 +159,10 @@ async def _listen(runner: web.AppRunner, config: MixerConfig) -> list[str]:
     return bound
 
 
+#: macOS's OPEN_MAX: the highest soft open-files limit it takes when the hard one is unlimited.
+OPEN_MAX = 10240
+
+
 def raise_fd_limit() -> tuple[int, int]:
     """The soft limit of open files raised to the hard one, as servers commonly do.
 
@@ -170,12 +174,20 @@ def raise_fd_limit() -> tuple[int, int]:
         return -1, -1
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft < wanted:
+    failure: Exception | None = None
+    # macOS's hard limit is "unlimited", but it refuses a soft one above OPEN_MAX
+    for attempt in dict.fromkeys((wanted, min(wanted, OPEN_MAX))):
+        if attempt <= soft:
+            break
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
-        except (ValueError, OSError) as exc:  # e.g. macOS caps it at OPEN_MAX
-            log.warning("cannot raise the open-files limit from %s to %s: %s", soft, wanted, exc)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (attempt, hard))
+        except (ValueError, OSError) as exc:
+            failure = exc
+            continue
+        soft = attempt
+        break
+    else:
+        log.warning("cannot raise the open-files limit from %s to %s: %s", soft, wanted, failure)
     return soft, hard
 
 
