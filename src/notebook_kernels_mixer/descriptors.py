@@ -27,10 +27,10 @@ bottom. When some below others were closed (holes), the count is optimistic: it
 lets connections through while there are freed numbers to take, and fills them
 first; should descriptors run out anyway, the EMFILE above is the answer.
 
-One warning per episode (from the first refusal to the next connection let
-through), at most one per ``WARN_INTERVAL``, and one line when they are accepted
-again with how many were refused: a client retrying in a loop must not flood the
-log.
+One warning per episode (from the first refusal to the next websocket let through,
+which takes a quarter of the reserve more, so that a count wobbling at the edge is
+one episode), at most one per ``WARN_INTERVAL``, and one line when they are accepted
+again with how many were refused: a client retrying in a loop must not flood the log.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 default) raises it to the hard limit, so 300 kernel websockets (600 descriptors in
 the mixer) all open and echo, and REST keeps answering. With the hard limit at 256
 too, websockets past what the limit allows are refused with a 503 before the upgrade
-(not dropped), the open ones go on, REST answers, and new ones are accepted again
-once some close."""
+(not dropped, also when many come at once), the open ones go on, REST answers, and
+new ones are accepted again once some close."""
 
 from __future__ import annotations
 

@@ -1,13 +1,18 @@
 """The websocket relay: frame for frame, subprotocol and close codes passed through,
-and a client socket closed (not an HTTP error) when the backend cannot be reached."""
+a client socket closed (not an HTTP error) when the backend cannot be reached, and a
+503 before the upgrade when the mixer is short of file descriptors."""
 
 import asyncio
+import errno
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from notebook_kernels_mixer import descriptors
 from notebook_kernels_mixer.app import INVENTORY, RELAY
+from notebook_kernels_mixer.relay.upgrade import Dialer
 from tests.unit.conftest import TOKEN
 
 V1 = "v1.kernel.websocket.jupyter.org"
@@ -169,10 +174,6 @@ async def settle_relays(m) -> None:
 @pytest.fixture
 def descriptors_left(monkeypatch):
     """A fresh guard, and how many descriptors it is told are free (100 at first)."""
-    from types import SimpleNamespace
-
-    from notebook_kernels_mixer import descriptors
-
     left = SimpleNamespace(free=100, asked=[])
 
     def free(fd, limit):
@@ -217,10 +218,6 @@ async def test_short_of_descriptors_a_new_websocket_is_a_503_and_the_open_ones_g
 
 async def test_a_backend_connection_short_of_descriptors_is_a_503_not_a_1011(
         fakes, mixer, monkeypatch, descriptors_left) -> None:
-    import errno
-
-    from notebook_kernels_mixer.relay.upgrade import Dialer
-
     async def emfile(self, url):
         raise OSError(errno.EMFILE, "Too many open files")
 
