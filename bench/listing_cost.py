@@ -243,8 +243,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def slopes(rows: list[dict]) -> list[dict]:
+    """Per variant and backend count, the least-squares line of the mixer's CPU per
+    listing over the kernels listed: its slope is the CPU per kernel (the fixed cost of
+    a listing left out), its intercept the fixed cost."""
+    out = []
+    for key in sorted({(r["variant"], r["backends"]) for r in rows}):
+        pts = [(r["kernels_per_backend"] * r["backends"], r["cpu_ms"]) for r in rows
+               if (r["variant"], r["backends"]) == key]
+        if len(pts) < 2:
+            continue
+        mx = statistics.fmean(x for x, _ in pts)
+        my = statistics.fmean(y for _, y in pts)
+        slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+        out.append({"variant": key[0], "backends": key[1], "us_per_kernel": 1e3 * slope,
+                    "fixed_ms": my - slope * mx})
+        print(f"{key[0]:>8} {key[1]} backend(s): mixer CPU per listing = {my - slope * mx:.2f} ms"
+              f" + {1e3 * slope:.2f} us x kernels listed (least squares over "
+              f"{', '.join(str(x) for x, _ in pts)} kernels)")
+    return out
+
+
 if __name__ == "__main__":
     ns = parse()
     rows = asyncio.run(main(ns))
+    rows += slopes(rows)
     if ns.json:
         Path(ns.json).write_text(json.dumps(rows, indent=1))

@@ -3,6 +3,7 @@ and the durable state together, so no handler has to keep them in step."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -252,3 +253,21 @@ async def test_a_listing_of_known_kernels_costs_no_per_kernel_ownership_check(
     assert inv.kernel_owner("r0") is None and inv.kernel_owner("r-new") is remote
     assert set(inv.kernels_of(remote)) == {*ids["remote"][1:], "r-new"}
     assert len(inv.kernels_of(local)) == 100
+
+
+async def test_a_kernel_confirmed_by_a_listing_outlives_older_listings_without_it(state) -> None:
+    """A listing that began before another one confirmed a kernel does not prune it,
+    nor does a second such listing after the first has replaced the confirming one."""
+    inv = inventory(state)
+    remote = inv.backends["remote"]
+    inv.kernels_listed(remote, ["k", "other"], started=time.monotonic())
+    began = time.monotonic()
+    await asyncio.sleep(0.001)  # ticks apart: the next listing confirms after ``began``
+    inv.kernels_listed(remote, ["k", "other"], started=time.monotonic())
+    assert inv.kernels_listed(remote, ["other"], started=began) == {"other"}
+    assert inv.kernel_owner("k") is remote
+    assert inv.kernels_listed(remote, ["other"], started=began) == {"other"}
+    assert inv.kernel_owner("k") is remote
+    inv.kernels_listed(remote, ["other"], started=time.monotonic())
+    assert inv.kernel_owner("k") is None and inv.kernels_of(remote) == ["other"]
+    assert inv.sizes()["timestamps"] == 1

@@ -32,7 +32,10 @@ class Ownership:
         self._created: set[str] = set()  # kernels started through this mixer
         self._collisions: set[str] = set()  # logged once each
         # When an id was last confirmed: a listing that started earlier must not prune it.
+        # A kernel's time is the later of its entry here and of the last complete listing
+        # of its backend if that had it (``_listed``: one time for a whole listing).
         self._touched: dict[str, float] = {}
+        self._listed: dict[str, tuple[float, set[str]]] = {}  # backend -> (time, ids)
         self.first_seen: dict[str, float] = {}  # kernel id -> wall time (ages in status)
         # backend -> the ids of the kernels it owns, in the order learnt (an ordered set):
         # what the state says, indexed, so a listing compares sets instead of scanning
@@ -40,6 +43,7 @@ class Ownership:
         self._by_backend: dict[str, dict[str, None]] = {name: {} for name in self.names}
         for kernel_id, name in state.kernels.items():
             self._by_backend.setdefault(name, {})[kernel_id] = None
+        self._unaged = set(state.kernels)  # known from the state file, not seen yet
         # (backend, backend's session id) -> client-visible id, for moved sessions
         self._aliases: dict[tuple[str, str], str] = {
             (b, bsid): csid for csid, (b, bsid) in state.sessions.items() if csid != bsid
@@ -57,6 +61,10 @@ class Ownership:
 
     def listed_kernel(self, kernel_id: str, backend: str) -> bool:
         """Learn a kernel seen on ``backend``; False if another backend owns that id."""
+        if kernel_id in self._by_backend.get(backend, ()):  # known to be its: confirmed
+            self._touched[kernel_id] = time.monotonic()
+            self._age(kernel_id, time.time())
+            return True
         owner = self.kernel_owner(kernel_id)
         if owner is not None and owner != backend:
             winner = self._winner(kernel_id, owner, backend)
@@ -77,20 +85,19 @@ class Ownership:
         confirmation time renewed, by set operations on the whole listing (no state
         write, no per-id check), so only ids that are new or gone cost Python work
         (issue 20: the bookkeeping was most of the mixer's per-kernel cost of a listing)."""
-        # (set.intersection and set.difference with a dict look each of the set's own
-        # items up: they cost as much as the listing, not as all the kernels known)
+        # (set.intersection with a dict looks each of the dict's keys up in the set: it
+        # costs as much as the backend's kernels, not as all the kernels known)
         present = set(ids)
         mine = self._by_backend.setdefault(backend, {})
         known = present.intersection(mine)
         if len(known) < len(mine):  # some are gone
-            self._prune_kernels([k for k in mine if k not in known], started)
-        self._touched.update(dict.fromkeys(known, time.monotonic()))
-        unseen = known.difference(self.first_seen)  # known from the state file: its age starts
-        if unseen:
+            # their confirmation by the listing before this one outlives its record
+            self._prune_kernels(backend, [k for k in mine if k not in known], started, keep=True)
+        self._listed[backend] = (time.monotonic(), known)  # confirms what it owns
+        if self._unaged:
             wall = time.time()
-            for kernel_id in ids:
-                if kernel_id in unseen:
-                    self.first_seen.setdefault(kernel_id, wall)
+            for kernel_id in [k for k in ids if k in self._unaged]:
+                self._age(kernel_id, wall)
         if len(known) < len(present):  # some are new
             new = present - known
             for kernel_id in ids:
@@ -100,6 +107,11 @@ class Ownership:
                         known.add(kernel_id)
         return known
 
+    def _age(self, kernel_id: str, wall: float) -> None:
+        """Its age starts now if it has none yet (a kernel known from the state file)."""
+        self.first_seen.setdefault(kernel_id, wall)
+        self._unaged.discard(kernel_id)
+
     def _winner(self, kernel_id: str, owner: str, other: str) -> str:
         if kernel_id in self._created:
             return owner
@@ -107,17 +119,21 @@ class Ownership:
 
     def _set_kernel(self, kernel_id: str, backend: str) -> None:
         self.state.put_kernel(kernel_id, backend)
-        for name, ids in self._by_backend.items():
-            if name != backend:
+        mine = self._by_backend.setdefault(backend, {})
+        if kernel_id not in mine:  # an id is in one backend's index at most
+            for ids in self._by_backend.values():
                 ids.pop(kernel_id, None)
-        self._by_backend.setdefault(backend, {})[kernel_id] = None
+            mine[kernel_id] = None
         self._touched[kernel_id] = time.monotonic()
-        self.first_seen.setdefault(kernel_id, time.time())
+        self._age(kernel_id, time.time())
 
     def forget_kernel(self, kernel_id: str) -> None:
         self.state.drop_kernel(kernel_id)
         for ids in self._by_backend.values():
             ids.pop(kernel_id, None)
+        for _, listed in self._listed.values():
+            listed.discard(kernel_id)
+        self._unaged.discard(kernel_id)
         self._created.discard(kernel_id)
         self._collisions.discard(kernel_id)
         self._touched.pop(kernel_id, None)
@@ -170,7 +186,8 @@ class Ownership:
         what it no longer has, and nobody confirmed since, is forgotten."""
         if kernels is not None:
             present = set(kernels)
-            self._prune_kernels([k for k in self.kernels_of(backend) if k not in present], started)
+            self._prune_kernels(backend, [k for k in self.kernels_of(backend) if k not in present],
+                                started)
         if sessions is not None:
             present = set(sessions)
             for csid, (name, bsid) in list(self.state.sessions.items()):
@@ -181,10 +198,20 @@ class Ownership:
         """Not confirmed since a listing that began at ``started``."""
         return self._touched.get(key, 0.0) < started
 
-    def _prune_kernels(self, missing: list[str], started: float) -> None:
+    def _prune_kernels(self, backend: str, missing: list[str], started: float, *,
+                       keep: bool = False) -> None:
+        """Forget the kernels of ``backend`` in ``missing`` not confirmed since
+        ``started``; ``keep``: the time of those it keeps is kept in ``_touched`` (the
+        record of its last listing is about to be replaced)."""
+        at, listed = self._listed.get(backend, (0.0, set()))
         for kernel_id in missing:
-            if self._stale(kernel_id, started):
+            confirmed = self._touched.get(kernel_id, 0.0)
+            if at > confirmed and kernel_id in listed:
+                confirmed = at
+            if confirmed < started:
                 self.forget_kernel(kernel_id)
+            elif keep:
+                self._touched[kernel_id] = confirmed
 
     def sizes(self) -> dict[str, int]:
         """How much the mixer remembers (status, soak): bounded by what backends hold."""
@@ -193,7 +220,8 @@ class Ownership:
             "sessions": len(self.state.sessions),
             "session_aliases": len(self._aliases),
             "kept_sessions": len(self.state.kept),
-            "timestamps": len(self._touched),
+            "timestamps": len(self._touched.keys() | set().union(*(
+                ids for _, ids in self._listed.values()))),
             "created": len(self._created),
             "first_seen": len(self.first_seen),
         }
