@@ -45,7 +45,7 @@ def listed_models(backend: Backend, answer: list[Any], what: str) -> list[Model]
     of them) is not matched against the regular expression again, only one with an id
     the last one did not have (most are the same from one listing to the next)."""
     before = _valid.setdefault(backend, {})
-    valid = before.get(what, frozenset())
+    valid: set[str] | frozenset[str] = before.get(what, frozenset())
     if not [m for m in answer
             if not (isinstance(m, dict) and isinstance(i := m.get("id"), str) and i in valid)]:
         return answer  # all known valid; what the cache holds stays valid (it does not grow)
