@@ -46,9 +46,11 @@ def listed_models(backend: Backend, answer: list[Any], what: str) -> list[Model]
     the last one did not have (most are the same from one listing to the next)."""
     before = _valid.setdefault(backend, {})
     valid: set[str] | frozenset[str] = before.get(what, frozenset())
-    if not [m for m in answer
-            if not (isinstance(m, dict) and isinstance(i := m.get("id"), str) and i in valid)]:
-        return answer  # all known valid; what the cache holds stays valid (it does not grow)
+    try:  # (JSON: only an object without "id" or what is not an object fails the lookup)
+        if valid.issuperset([m["id"] for m in answer]):
+            return answer  # all known valid; what the cache holds stays valid (no growth)
+    except (KeyError, TypeError):  # an entry without an id, or an id that is not hashable
+        pass
     models = [m for m in answer if isinstance(m, dict) and (
         (isinstance(i := m.get("id"), str) and i in valid) or valid_id(i))]
     before[what] = {m["id"] for m in models}  # bounded: this listing's ids
