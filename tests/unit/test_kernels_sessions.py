@@ -261,3 +261,18 @@ async def test_a_request_without_a_kernel_name_uses_the_advertised_default(fakes
     assert status == 201 and k["name"] == "local-python3" and k["id"] in local.kernels
     status, s = await m.call("POST", "/api/sessions", json={"path": "a.ipynb"})
     assert status == 201 and s["kernel"]["name"] == "local-python3"
+
+
+async def test_a_listing_prefixes_string_names_only_and_keeps_every_other_field(fakes, mixer) -> None:
+    local, remote, m = await two(fakes, mixer)
+    local.kernels["named"] = {"id": "named", "name": "python3", "extra": {"n": [1]}}
+    local.kernels["nameless"] = {"id": "nameless", "execution_state": "idle"}
+    local.kernels["odd"] = {"id": "odd", "name": 5}
+    remote.kernels["null"] = {"id": "null", "name": None}
+    for _ in range(3):  # listed again and again: prefixed once each time
+        status, listed = await m.call("GET", "/api/kernels")
+        assert status == 200 and listed == [
+            {"id": "named", "name": "local-python3", "extra": {"n": [1]}},
+            {"id": "nameless", "execution_state": "idle"}, {"id": "odd", "name": 5},
+            {"id": "null", "name": None},
+        ], listed

@@ -42,9 +42,10 @@ def translate_kernels(models: list[Model], backend: str, owned: set[str]) -> lis
     if len(owned) < len(models):  # else every id is owned (owned ⊆ the ids listed)
         models = [m for m in models if m["id"] in owned]
     for m in models:
-        name = m.get("name")
-        if isinstance(name, str):
-            m["name"] = prefix + name
+        try:
+            m["name"] = prefix + m["name"]
+        except (KeyError, TypeError):  # no name, or not a string: left as it is
+            continue  # (a try costs nothing per kernel, contextlib.suppress would)
     return models
 
 
