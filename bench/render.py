@@ -7,7 +7,7 @@ the end of a run (and kept as ``table.txt``), and the list of targets with verdi
 from __future__ import annotations
 
 from bench.driver import med
-from bench.render_front import render_front, render_nginx, render_pollers
+from bench.render_front import anchor_targets, render_front, render_nginx, render_pollers
 from bench.report import Report, Table, cell, errors_of, fmt, names_of, noise, ratio_of
 
 WS_ROWS = (
@@ -98,6 +98,7 @@ def render_ws(report: Report, ws: dict) -> None:
         if n != "direct" and not n.startswith("ref-"):
             ws_targets(report, tests, n)
     render_nginx(report, tests)
+    anchor_targets(report, tests)
 
 
 def render_kernel(report: Report, kernel: dict) -> None:

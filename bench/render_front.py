@@ -1,5 +1,6 @@
-"""The report's issue-12 parts: the mixer's relay against nginx, listings under many
-pollers, and the ``1+1`` round trip through a front Jupyter server."""
+"""The report's issue-12 and issue-20 parts: the mixer's relay against nginx and the
+Go original, listings under many pollers, and the ``1+1`` round trip through a front
+Jupyter server."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ NGINX_ROWS = (
     ("200 conns x 50, total time", "many", "total_s", "<="),
 )
 STRETCH = 1.15
+GO = "ref-go"
+# Issue 20: (label, test, key, sign, bound against nginx); against the Go original the
+# bound is 1 (at or ahead of it) for every figure. The CPU row compares one round trip
+# at a time, the issue's "relay CPU per round-trip message".
+ANCHOR_ROWS = (
+    ("1 KiB round trip p50", "rtt", "p50_us", "<=", 1.10),
+    ("pipelined 1 KiB msg/s", "pipelined", "msg_per_s", ">=", 1.0),
+    ("1 MiB binary MB/s", "bulk", "mb_per_s", ">=", 1.0),
+    ("200 conns x 50, total time", "many", "total_s", "<=", 1.10),
+    ("relay CPU per round trip, one at a time", "rtt", "mixer_us_per_msg", "<=", 1.3),
+)
 
 
 def render_nginx(report: Report, tests: dict) -> None:
@@ -44,6 +56,21 @@ def render_nginx(report: Report, tests: dict) -> None:
             goal = f"<= {STRETCH}x" if sign == "<=" else f">= {1 / STRETCH:.2f}x"
             ok = r is not None and (r <= STRETCH if sign == "<=" else r >= 1 / STRETCH)
             report.target(f"(stretch) {label} vs nginx", goal, n, r, ok)
+
+
+def anchor_targets(report: Report, tests: dict) -> None:
+    """Issue 20's targets: every websocket figure at or ahead of the Go original's, and
+    within its bounds of nginx's, as ratios from the same rounds."""
+    names = [n for n in names_of(tests["rtt"]) if n != "direct" and not n.startswith("ref-")]
+    for anchor, name in ((GO, "the Go original"), (NGINX, "nginx")):
+        if anchor not in tests["rtt"]:
+            continue
+        for n in names:
+            for label, test, key, sign, bound in ANCHOR_ROWS:
+                limit = 1.0 if anchor == GO else bound
+                r = ratio_of(tests[test], n, key, base=anchor)
+                ok = r is not None and (r <= limit if sign == "<=" else r >= limit)
+                report.target(f"(issue 20) {label} vs {name}", f"{sign} {limit:.2f}x", n, r, ok)
 
 
 def render_pollers(report: Report, pollers: dict) -> None:
