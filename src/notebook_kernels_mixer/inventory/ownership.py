@@ -84,7 +84,9 @@ class Ownership:
         it owns. Incremental: a kernel it is already known to own only has its
         confirmation time renewed, by set operations on the whole listing (no state
         write, no per-id check), so only ids that are new or gone cost Python work
-        (issue 20: the bookkeeping was most of the mixer's per-kernel cost of a listing)."""
+        (issue 20: the bookkeeping was most of the mixer's per-kernel cost of a listing).
+        The set returned is also this listing's record (``_listed``): read it, never
+        change it."""
         # (set.intersection with a dict looks each of the dict's keys up in the set: it
         # costs as much as the backend's kernels, not as all the kernels known)
         present = set(ids)
