@@ -298,7 +298,7 @@ def render(results: dict, meta: dict) -> tuple[str, list[dict]]:
 
         render_switch(report, results["switch"])
     if results.get("scale"):
-        from bench.scale import render_scale
+        from bench.render_scale import render_scale
 
         render_scale(report, results["scale"])
     if meta.get("instances"):
@@ -306,7 +306,7 @@ def render(results: dict, meta: dict) -> tuple[str, list[dict]]:
     noise_warning(report, results)
     if report.targets:
         issues = ", ".join(["3", "12", *(["18"] if results.get("switch") else []),
-                            *(["20"] if results.get("scale") else [])])
+                            *(["20"] if results.get("scale") or results.get("ws") else [])])
         issues = "issues " + issues.rsplit(", ", 1)[0] + " and " + issues.rsplit(", ", 1)[1]
         report.add(report.targets_table(f"\nTargets ({issues})"))
     return "\n".join(report.lines), report.targets
