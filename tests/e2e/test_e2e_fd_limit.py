@@ -39,9 +39,13 @@ def _limits(pid: int) -> tuple[int, int]:
     raise AssertionError("no open-files line")
 
 
-def _under_ulimit(mixer: topology.Mixer, shell_ulimit: str) -> None:
-    """Start the mixer with open-files limits set as a shell's ``ulimit`` would."""
+def _mixer_under_ulimit(tmp_path: Path, fake: FakeJupyter, shell_ulimit: str) -> topology.Mixer:
+    """A mixer (prepared, not started) in front of ``fake``, to start with open-files
+    limits set as a shell's ``ulimit`` would."""
+    mixer = topology.mixer(tmp_path, local=SimpleNamespace(port=fake.port),  # type: ignore[arg-type]
+                           remote=None, token="T", gcloud=None)
     mixer.process.argv = ["sh", "-c", f'{shell_ulimit} && exec "$@"', "sh", *mixer.process.argv]
+    return mixer
 
 
 async def test_a_low_soft_limit_is_raised_and_300_websockets_work(tmp_path: Path) -> None:
@@ -49,10 +53,8 @@ async def test_a_low_soft_limit_is_raised_and_300_websockets_work(tmp_path: Path
     if hard != resource.RLIM_INFINITY and hard < 2 * SOCKETS + 100:
         pytest.skip(f"the hard open-files limit here ({hard}) is too low for the test")
     fake = await FakeJupyter("local", record=False).start()
-    mixer = topology.mixer(tmp_path, local=SimpleNamespace(port=fake.port),  # type: ignore[arg-type]
-                           remote=None, token="T", gcloud=None)
     # the mixer starts with the soft limit at 256, as a shell with `ulimit -S -n 256` would
-    _under_ulimit(mixer, f"ulimit -S -n {SOFT}")
+    mixer = _mixer_under_ulimit(tmp_path, fake, f"ulimit -S -n {SOFT}")
     try:
         await asyncio.to_thread(mixer.start)
         pid = mixer.process.pid
@@ -95,10 +97,8 @@ async def _upgrade_answer(http: aiohttp.ClientSession, url: str) -> tuple[int, d
 async def test_past_a_hard_limit_websockets_are_refused_cleanly_and_accepted_again(
         tmp_path: Path) -> None:
     fake = await FakeJupyter("local", record=False).start()
-    mixer = topology.mixer(tmp_path, local=SimpleNamespace(port=fake.port),  # type: ignore[arg-type]
-                           remote=None, token="T", gcloud=None)
     # soft and hard limit at 256: raising the soft one gains nothing
-    _under_ulimit(mixer, f"ulimit -S -n {SOFT} && ulimit -H -n {SOFT}")
+    mixer = _mixer_under_ulimit(tmp_path, fake, f"ulimit -S -n {SOFT} && ulimit -H -n {SOFT}")
     try:
         await asyncio.to_thread(mixer.start)
         pid = mixer.process.pid
